@@ -1,0 +1,1203 @@
+/*
+ * conf.c - loading proxy.ini, and the small value parsers (durations,
+ * sizes, addresses, CIDR lists) that the rest of the proxy shares.
+ *
+ * Startup and reload only: allocating and blocking in getaddrinfo are
+ * fine here and nowhere else (DESIGN.md, Memory and The loop).
+ *
+ * inih splits lines into sections and key = value pairs. Debian builds it
+ * without INI_HANDLER_LINENO and without a callback for section lines, so
+ * the line reader below counts lines and classifies each one the way
+ * inih will (section, pair, continuation, comment): it tracks sections
+ * itself, rejects what inih would only flag as a bare line number, and
+ * stops the parse at the first error by returning end-of-file.
+ */
+#include <ctype.h>
+#include <errno.h>
+#include <limits.h>
+#include <netdb.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <arpa/inet.h>
+
+#include <ini.h>
+
+#include "proxy.h"
+
+enum sect { S_NONE, S_PROXY, S_BACKEND, S_ROUTE };
+
+/* [proxy] keys, in the order of the bits in loader.seen. */
+enum {
+	P_LISTEN, P_USER, P_CHROOT, P_PIDFILE, P_LOG, P_MAXCONN, P_BUFFERS,
+	P_BUFSIZE, P_MAXBODY, P_HDRTO, P_IDLETO, P_BACKTO, P_TRUSTED, P_HIDE
+};
+static const char *const proxy_keys[] = {
+	"listen", "user", "chroot", "pidfile", "log", "max_connections",
+	"buffers", "buffer_size", "max_body", "header_timeout",
+	"idle_timeout", "backend_timeout", "trusted", "hide_headers", NULL
+};
+
+enum { R_HOST, R_PATH, R_BACKEND };
+static const char *const route_keys[] = { "host", "path", "backend", NULL };
+
+/*
+ * Keys and sections of DESIGN.md whose features this build lacks: saying
+ * so beats "unknown key" for a user who copied a newer example.
+ */
+static const char *const proxy_later[] = {
+	"access_log", "max_conns_per_ip", "rate", "rate_burst", "status",
+	"status_allow", "proxy_protocol", NULL
+};
+static const char *const backend_later[] = {
+	"ca", "health_check", "health_interval", "fail_timeout", NULL
+};
+static const char *const route_later[] = {
+	"cache", "strip_prefix", "auth", "allow", "deny", NULL
+};
+static const char *const sect_later[] = { "tls", "cert", "cache", NULL };
+
+struct loader {
+	struct config *c;
+	FILE *f;
+	const char *file;
+	char *err;
+	size_t errlen;
+	int failed;		/* an error is in err: keep it, stop */
+	int line;		/* number of the line inih is looking at */
+	int cont;		/* that line continues the previous value */
+	int have_key;		/* a pair since the last section (inih's
+				   prev_name): indented lines continue it */
+	enum sect sect;
+	char sname[8];		/* "[backend web]" for messages: the type */
+	int proxy_seen;		/* a [proxy] section was opened */
+	unsigned seen;		/* [proxy] keys given, 1 << P_* */
+	unsigned rseen;		/* keys given in the current route */
+	int *bline;		/* per route: line of its backend key */
+};
+
+/* ------------------------------------------------------------ errors */
+
+/* Messages quote the file's text; keep terminal controls out of them. */
+static void
+sanitize(char *s)
+{
+	for (; *s != '\0'; s++)
+		if ((unsigned char)*s < 0x20 || *s == 0x7f)
+			*s = '?';
+}
+
+static void
+vreport(struct loader *l, int line, const char *fmt, va_list ap)
+{
+	int n;
+
+	if (l->failed)
+		return;
+	l->failed = 1;
+	if (l->errlen == 0)
+		return;
+	if (line > 0)
+		n = snprintf(l->err, l->errlen, "%s:%d: ", l->file, line);
+	else
+		n = snprintf(l->err, l->errlen, "%s: ", l->file);
+	if (n >= 0 && (size_t)n < l->errlen)
+		vsnprintf(l->err + n, l->errlen - n, fmt, ap);
+	sanitize(l->err);
+}
+
+/* Record the first error at a line (0: the whole file); returns 0. */
+static int
+fail_at(struct loader *l, int line, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+static int
+fail_at(struct loader *l, int line, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vreport(l, line, fmt, ap);
+	va_end(ap);
+	return 0;
+}
+
+/* The usual case: an error on the line being parsed. */
+static int
+fail(struct loader *l, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+static int
+fail(struct loader *l, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vreport(l, l->line, fmt, ap);
+	va_end(ap);
+	return 0;
+}
+
+static char *
+dup(struct loader *l, const char *s)
+{
+	char *p;
+
+	if ((p = strdup(s)) == NULL)
+		fail(l, "out of memory");
+	return p;
+}
+
+/* Grow *arr (n elements of size sz) by one zeroed element. */
+static void *
+grow(struct loader *l, void *arr, int n, size_t sz)
+{
+	char *p;
+
+	if ((p = realloc(arr, (size_t)(n + 1) * sz)) == NULL) {
+		fail(l, "out of memory");
+		return NULL;
+	}
+	memset(p + (size_t)n * sz, 0, sz);
+	return p;
+}
+
+static int
+lookup(const char *const *names, const char *name)
+{
+	int i;
+
+	for (i = 0; names[i] != NULL; i++)
+		if (strcasecmp(names[i], name) == 0)
+			return i;
+	return -1;
+}
+
+static int
+unknown_key(struct loader *l, const char *name, const char *const *later)
+{
+	struct config *c = l->c;
+
+	if (lookup(later, name) >= 0)
+		return fail(l, "'%s' is not supported by this build", name);
+	if (l->sect == S_PROXY)
+		return fail(l, "unknown key '%s' in [proxy]", name);
+	return fail(l, "unknown key '%s' in [%s %s]", name, l->sname,
+	    l->sect == S_BACKEND ? c->backends[c->nbackends - 1].name :
+	    c->routes[c->nroutes - 1].name);
+}
+
+/* ------------------------------------------------------ value parsers */
+
+static int
+is_space(int ch)
+{
+	return ch == ' ' || ch == '\t' || ch == '\n' || ch == '\r' ||
+	    ch == '\v' || ch == '\f';
+}
+
+static int
+is_digit(int ch)
+{
+	return ch >= '0' && ch <= '9';
+}
+
+/* A plain decimal: digits only, no sign, no suffix; -1 on junk/overflow. */
+static long
+parse_long(const char *s)
+{
+	long v = 0;
+
+	if (!is_digit(*s))
+		return -1;
+	for (; is_digit(*s); s++) {
+		if (v > (LONG_MAX - (*s - '0')) / 10)
+			return -1;
+		v = v * 10 + (*s - '0');
+	}
+	return *s == '\0' ? v : -1;
+}
+
+long
+conf_duration_ms(const char *s)
+{
+	long v = 0, mul;
+
+	if (!is_digit(*s))
+		return -1;
+	for (; is_digit(*s); s++) {
+		if (v > (LONG_MAX - (*s - '0')) / 10)
+			return -1;
+		v = v * 10 + (*s - '0');
+	}
+	if (*s == '\0' || strcasecmp(s, "s") == 0)
+		mul = 1000;
+	else if (strcasecmp(s, "ms") == 0)
+		mul = 1;
+	else
+		return -1;
+	if (v > LONG_MAX / mul)
+		return -1;
+	return v * mul;
+}
+
+int64_t
+conf_size(const char *s)
+{
+	int64_t v = 0;
+	int shift = 0;
+
+	if (!is_digit(*s))
+		return -1;
+	for (; is_digit(*s); s++) {
+		if (v > (INT64_MAX - (*s - '0')) / 10)
+			return -1;
+		v = v * 10 + (*s - '0');
+	}
+	switch (*s) {
+	case 'k': case 'K':
+		shift = 10;
+		s++;
+		break;
+	case 'm': case 'M':
+		shift = 20;
+		s++;
+		break;
+	case 'g': case 'G':
+		shift = 30;
+		s++;
+		break;
+	}
+	if (*s != '\0' || v > (INT64_MAX >> shift))
+		return -1;
+	return v << shift;
+}
+
+/*
+ * conf_addr with the reason for a failure: *gai is the getaddrinfo error
+ * when the syntax was fine but the name did not resolve, else 0.
+ */
+static int
+parse_addr(const char *s, struct sockaddr_storage *sa, socklen_t *len,
+    int passive, int *gai)
+{
+	char host[256];
+	const char *h = NULL, *port, *e;
+	size_t hn = 0;
+	struct addrinfo hints, *res;
+	long pn;
+	int rc;
+
+	*gai = 0;
+	memset(&hints, 0, sizeof(hints));
+	hints.ai_family = AF_UNSPEC;
+	if (s[0] == '[') {
+		/* Brackets hold an IPv6 literal (RFC 3986 3.2.2), no name. */
+		if ((e = strchr(s, ']')) == NULL || e[1] != ':')
+			return -1;
+		h = s + 1;
+		hn = (size_t)(e - h);
+		port = e + 2;
+		hints.ai_family = AF_INET6;
+		hints.ai_flags |= AI_NUMERICHOST;
+	} else if ((e = strrchr(s, ':')) != NULL) {
+		h = s;
+		hn = (size_t)(e - s);
+		port = e + 1;
+		/* A bare IPv6 literal: which colon starts the port? */
+		if (memchr(h, ':', hn) != NULL)
+			return -1;
+		if (hn == 1 && h[0] == '*')
+			h = NULL;
+	} else
+		port = s;
+	if (h != NULL) {
+		if (hn == 0 || hn >= sizeof(host))
+			return -1;
+		memcpy(host, h, hn);
+		host[hn] = '\0';
+		for (e = host; *e != '\0'; e++)
+			if ((unsigned char)*e <= ' ' || *e == 0x7f ||
+			    *e == '/' || *e == '[' || *e == ']')
+				return -1;
+	}
+	if (strlen(port) > 5 || (pn = parse_long(port)) < 1 || pn > 65535)
+		return -1;
+
+	hints.ai_socktype = SOCK_STREAM;
+	hints.ai_flags |= AI_NUMERICSERV | (passive ? AI_PASSIVE : 0);
+	if ((rc = getaddrinfo(h != NULL ? host : NULL, port, &hints,
+	    &res)) != 0) {
+		/* A literal that does not parse is bad syntax, not DNS. */
+		if (!(hints.ai_flags & AI_NUMERICHOST))
+			*gai = rc;
+		return -1;
+	}
+	if (res == NULL || res->ai_addrlen > sizeof(*sa)) {
+		if (res != NULL)
+			freeaddrinfo(res);
+		*gai = EAI_FAIL;
+		return -1;
+	}
+	memset(sa, 0, sizeof(*sa));
+	memcpy(sa, res->ai_addr, res->ai_addrlen);
+	*len = res->ai_addrlen;
+	freeaddrinfo(res);
+	return 0;
+}
+
+int
+conf_addr(const char *s, struct sockaddr_storage *sa, socklen_t *len,
+    int passive)
+{
+	int gai;
+
+	return parse_addr(s, sa, len, passive, &gai);
+}
+
+static const uint8_t v4mapped[12] = {
+	0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff
+};
+
+int
+conf_cidr(const char *s, struct cidr *out)
+{
+	char buf[INET6_ADDRSTRLEN + 1];
+	const char *slash = strchr(s, '/');
+	size_t n = slash != NULL ? (size_t)(slash - s) : strlen(s);
+	long bits;
+	int max, i, keep;
+
+	memset(out, 0, sizeof(*out));
+	if (n == 0 || n >= sizeof(buf))
+		return -1;
+	memcpy(buf, s, n);
+	buf[n] = '\0';
+	if (inet_pton(AF_INET, buf, out->addr) == 1) {
+		out->family = AF_INET;
+		max = 32;
+	} else if (inet_pton(AF_INET6, buf, out->addr) == 1) {
+		out->family = AF_INET6;
+		max = 128;
+	} else
+		return -1;
+	bits = max;
+	if (slash != NULL) {
+		if (strlen(slash + 1) > 3 ||
+		    (bits = parse_long(slash + 1)) < 0 || bits > max)
+			return -1;
+	}
+	/*
+	 * ::ffff:10.0.0.0/104 is 10.0.0.0/8: clients are matched as IPv4
+	 * whichever way their socket reports them, so store it that way.
+	 */
+	if (out->family == AF_INET6 && bits >= 96 &&
+	    memcmp(out->addr, v4mapped, sizeof(v4mapped)) == 0) {
+		memmove(out->addr, out->addr + 12, 4);
+		memset(out->addr + 4, 0, 12);
+		out->family = AF_INET;
+		bits -= 96;
+	}
+	out->bits = (uint8_t)bits;
+	/* Host bits off, so matching is a plain prefix compare. */
+	for (i = 0; i < 16; i++) {
+		keep = (int)bits - 8 * i;
+		if (keep <= 0)
+			out->addr[i] = 0;
+		else if (keep < 8)
+			out->addr[i] &= (uint8_t)(0xff << (8 - keep));
+	}
+	return 0;
+}
+
+static int
+prefix_eq(const uint8_t *a, const uint8_t *b, int bits)
+{
+	int full = bits / 8, rest = bits % 8;
+	uint8_t mask;
+
+	if (memcmp(a, b, (size_t)full) != 0)
+		return 0;
+	if (rest == 0)
+		return 1;
+	mask = (uint8_t)(0xff << (8 - rest));
+	return (a[full] & mask) == (b[full] & mask);
+}
+
+int
+cidr_match(const struct cidr *list, int n, const struct sockaddr *sa)
+{
+	const uint8_t *a4 = NULL, *a6 = NULL;
+	int i;
+
+	if (sa->sa_family == AF_INET)
+		a4 = (const uint8_t *)
+		    &((const struct sockaddr_in *)(const void *)sa)->sin_addr;
+	else if (sa->sa_family == AF_INET6) {
+		a6 = ((const struct sockaddr_in6 *)(const void *)sa)
+		    ->sin6_addr.s6_addr;
+		/* A dual-stack socket reports IPv4 clients as ::ffff:a.b.c.d */
+		if (memcmp(a6, v4mapped, sizeof(v4mapped)) == 0)
+			a4 = a6 + 12;
+	} else
+		return 0;
+	for (i = 0; i < n; i++) {
+		if (list[i].family == AF_INET && a4 != NULL &&
+		    prefix_eq(list[i].addr, a4, list[i].bits))
+			return 1;
+		if (list[i].family == AF_INET6 && a6 != NULL &&
+		    prefix_eq(list[i].addr, a6, list[i].bits))
+			return 1;
+	}
+	return 0;
+}
+
+/* ------------------------------------------------------------ [proxy] */
+
+static int
+set_str(struct loader *l, char **dst, const char *name, const char *v,
+    int off_ok)
+{
+	if (*v == '\0')
+		return fail(l, "%s: empty value", name);
+	free(*dst);
+	*dst = NULL;
+	if (off_ok && strcmp(v, "off") == 0)
+		return 1;
+	return (*dst = dup(l, v)) != NULL;
+}
+
+static int
+set_num(struct loader *l, long *dst, const char *name, const char *v,
+    long min, long max)
+{
+	long n;
+
+	if ((n = parse_long(v)) < 0)
+		return fail(l, "%s: bad number '%s'", name, v);
+	if (n < min || n > max)
+		return fail(l, "%s: %ld is out of range %ld..%ld", name, n,
+		    min, max);
+	*dst = n;
+	return 1;
+}
+
+/* Timeouts end up in poll's int milliseconds: keep them in range. */
+static int
+set_dur(struct loader *l, long *dst, const char *name, const char *v)
+{
+	long ms;
+
+	if ((ms = conf_duration_ms(v)) < 0)
+		return fail(l, "%s: bad duration '%s'", name, v);
+	if (ms == 0 || ms > INT_MAX)
+		return fail(l, "%s: '%s' is out of range 1ms..%ds", name, v,
+		    INT_MAX / 1000);
+	*dst = ms;
+	return 1;
+}
+
+static int
+add_listen(struct loader *l, const char *name, const char *v)
+{
+	struct config *c = l->c;
+	struct sockaddr_storage ss;
+	socklen_t len;
+	char **p;
+	int gai;
+
+	if (parse_addr(v, &ss, &len, 1, &gai) < 0) {
+		if (gai != 0)
+			return fail(l, "%s: cannot resolve '%s': %s", name, v,
+			    gai_strerror(gai));
+		return fail(l, "%s: bad address '%s'", name, v);
+	}
+	if ((p = grow(l, c->listen, c->nlisten, sizeof(*p))) == NULL)
+		return 0;
+	c->listen = p;
+	c->nlisten++;
+	return (p[c->nlisten - 1] = dup(l, v)) != NULL;
+}
+
+/* A value holding several words: split on whitespace, in place. */
+static char *
+next_word(char **s)
+{
+	char *w = *s;
+
+	while (is_space(*w))
+		w++;
+	if (*w == '\0')
+		return NULL;
+	*s = w;
+	while (**s != '\0' && !is_space(**s))
+		(*s)++;
+	if (**s != '\0')
+		*(*s)++ = '\0';
+	return w;
+}
+
+static int
+add_trusted(struct loader *l, const char *name, const char *v)
+{
+	struct config *c = l->c;
+	struct cidr *p;
+	char *copy, *rest, *w;
+	int ok = 1;
+
+	/* An empty value or "off" trusts nobody: the default is replaced. */
+	if (strcmp(v, "off") == 0)
+		return 1;
+	if ((copy = rest = dup(l, v)) == NULL)
+		return 0;
+	while (ok && (w = next_word(&rest)) != NULL) {
+		if ((p = grow(l, c->trusted, c->ntrusted, sizeof(*p))) ==
+		    NULL) {
+			ok = 0;
+			break;
+		}
+		c->trusted = p;
+		if (conf_cidr(w, &p[c->ntrusted]) < 0)
+			ok = fail(l, "%s: bad CIDR '%s'", name, w);
+		else
+			c->ntrusted++;
+	}
+	free(copy);
+	return ok;
+}
+
+/*
+ * RFC 9110 5.1: a field name is a token. Checking here keeps a typo from
+ * silently hiding nothing.
+ */
+static int
+is_token(const char *s)
+{
+	for (; *s != '\0'; s++)
+		if (!isalnum((unsigned char)*s) &&
+		    strchr("!#$%&'*+-.^_`|~", *s) == NULL)
+			return 0;
+	return 1;
+}
+
+static int
+add_hide(struct loader *l, const char *name, const char *v)
+{
+	struct config *c = l->c;
+	char *copy, *rest, *w, *p;
+	size_t have;
+	int ok = 1;
+
+	if (strcmp(v, "off") == 0)
+		return 1;
+	if ((copy = rest = dup(l, v)) == NULL)
+		return 0;
+	while (ok && (w = next_word(&rest)) != NULL) {
+		if (!is_token(w)) {
+			ok = fail(l, "%s: bad header name '%s'", name, w);
+			break;
+		}
+		have = c->hide_headers != NULL ? strlen(c->hide_headers) : 0;
+		if ((p = realloc(c->hide_headers, have + strlen(w) + 2)) ==
+		    NULL) {
+			ok = fail(l, "out of memory");
+			break;
+		}
+		c->hide_headers = p;
+		if (have > 0)
+			p[have++] = ' ';
+		strcpy(p + have, w);
+	}
+	free(copy);
+	return ok;
+}
+
+static int
+proxy_key(struct loader *l, const char *name, const char *v)
+{
+	struct config *c = l->c;
+	int64_t sz;
+	int k;
+
+	if ((k = lookup(proxy_keys, name)) < 0)
+		return unknown_key(l, name, proxy_later);
+	if (l->cont && k != P_LISTEN && k != P_TRUSTED && k != P_HIDE)
+		return fail(l, "%s: takes one value (indented line continues "
+		    "it)", name);
+	if (!l->cont && k != P_LISTEN && k != P_TRUSTED &&
+	    (l->seen & 1u << k))
+		return fail(l, "duplicate key '%s' in [proxy]", name);
+	l->seen |= 1u << k;
+
+	switch (k) {
+	case P_LISTEN:
+		return add_listen(l, name, v);
+	case P_USER:
+		return set_str(l, &c->user, name, v, 0);
+	case P_CHROOT:
+		return set_str(l, &c->chroot_dir, name, v, 1);
+	case P_PIDFILE:
+		return set_str(l, &c->pidfile, name, v, 1);
+	case P_LOG:
+		return set_str(l, &c->log, name, v, 0);
+	case P_MAXCONN:
+		return set_num(l, &c->max_connections, name, v, 1, 100000);
+	case P_BUFFERS:
+		return set_num(l, &c->buffers, name, v, 2, 1000000);
+	case P_BUFSIZE:
+		if ((sz = conf_size(v)) < 0)
+			return fail(l, "%s: bad size '%s'", name, v);
+		if (sz < 4096 || sz > 1048576)
+			return fail(l, "%s: '%s' is out of range 4K..1M",
+			    name, v);
+		c->buffer_size = (long)sz;
+		return 1;
+	case P_MAXBODY:
+		if ((sz = conf_size(v)) < 0)
+			return fail(l, "%s: bad size '%s'", name, v);
+		c->max_body = (uint64_t)sz;
+		return 1;
+	case P_HDRTO:
+		return set_dur(l, &c->header_timeout_ms, name, v);
+	case P_IDLETO:
+		return set_dur(l, &c->idle_timeout_ms, name, v);
+	case P_BACKTO:
+		return set_dur(l, &c->backend_timeout_ms, name, v);
+	case P_TRUSTED:
+		return add_trusted(l, name, v);
+	case P_HIDE:
+		return add_hide(l, name, v);
+	}
+	return 0;
+}
+
+/* ---------------------------------------------------------- [backend] */
+
+static int
+parse_weight(const char *w)
+{
+	long n;
+
+	if (strncasecmp(w, "weight=", 7) != 0)
+		return 0;
+	if (strlen(w + 7) > 3 || (n = parse_long(w + 7)) < 1 || n > 100)
+		return -1;
+	return (int)n;
+}
+
+static int
+add_server(struct loader *l, struct backend *b, const char *v)
+{
+	struct server *s, *p;
+	char *copy, *rest, *addr, *w;
+	int weight = 0, n, gai = 0, ok = 0;
+
+	if ((copy = rest = dup(l, v)) == NULL)
+		return 0;
+	if ((addr = next_word(&rest)) == NULL) {
+		fail(l, "server: empty value");
+		goto out;
+	}
+	while ((w = next_word(&rest)) != NULL) {
+		if (strcasecmp(w, "tls") == 0) {
+			fail(l, "'%s' is not supported by this build", w);
+			goto out;
+		}
+		if ((n = parse_weight(w)) == 0) {
+			fail(l, "server: unexpected '%s' after the address",
+			    w);
+			goto out;
+		}
+		if (n < 0) {
+			fail(l, "server: bad weight '%s' (1..100)", w);
+			goto out;
+		}
+		if (weight != 0) {
+			fail(l, "server: weight given twice");
+			goto out;
+		}
+		weight = n;
+	}
+	if ((p = grow(l, b->srv, b->nsrv, sizeof(*p))) == NULL)
+		goto out;
+	b->srv = p;
+	s = &p[b->nsrv];
+	/* Upstreams need a host: "PORT" or "*:PORT" only make sense to bind. */
+	if (strchr(addr, ':') == NULL || addr[0] == ':' ||
+	    strncmp(addr, "*:", 2) == 0 ||
+	    parse_addr(addr, &s->sa, &s->salen, 0, &gai) < 0) {
+		if (strchr(addr, ':') != NULL && gai != 0)
+			fail(l, "server: cannot resolve '%s': %s", addr,
+			    gai_strerror(gai));
+		else
+			fail(l, "server: bad address '%s' (want HOST:PORT)",
+			    addr);
+		memset(s, 0, sizeof(*s));
+		goto out;
+	}
+	s->weight = weight != 0 ? weight : 1;
+	b->nsrv++;
+	ok = (s->name = dup(l, addr)) != NULL;
+out:
+	free(copy);
+	return ok;
+}
+
+static int
+backend_key(struct loader *l, const char *name, const char *v)
+{
+	struct backend *b = &l->c->backends[l->c->nbackends - 1];
+
+	if (strcasecmp(name, "server") != 0)
+		return unknown_key(l, name, backend_later);
+	return add_server(l, b, v);
+}
+
+/* ------------------------------------------------------------ [route] */
+
+static int
+set_host(struct loader *l, struct route *r, const char *v)
+{
+	const char *s = v;
+	size_t n;
+	char *p;
+
+	if (s[0] == '*') {
+		/* "*.example.org": one or more labels before the suffix */
+		if (s[1] != '.' || s[2] == '\0' || s[2] == '.')
+			return fail(l, "host: bad wildcard '%s' (want "
+			    "*.suffix)", v);
+		s += 2;
+	}
+	if (*s == '\0')
+		return fail(l, "host: empty value");
+	for (; *s != '\0'; s++)
+		if ((unsigned char)*s <= ' ' || *s == 0x7f || *s == '*' ||
+		    *s == '/' || (*s == ':' && v[0] != '['))
+			return fail(l, "host: bad host name '%s'", v);
+	if ((r->host = dup(l, v)) == NULL)
+		return 0;
+	/* Host names compare without case; "example.org." is the same. */
+	for (p = r->host; *p != '\0'; p++)
+		*p = (char)tolower((unsigned char)*p);
+	n = strlen(r->host);
+	if (n > 1 && r->host[n - 1] == '.')
+		r->host[n - 1] = '\0';
+	return 1;
+}
+
+static int
+set_path(struct loader *l, struct route *r, const char *v)
+{
+	const char *s;
+	size_t n;
+
+	if (v[0] != '/')
+		return fail(l, "path: '%s' must start with '/'", v);
+	for (s = v; *s != '\0'; s++)
+		if ((unsigned char)*s <= ' ' || *s == 0x7f || *s == '?' ||
+		    *s == '#')
+			return fail(l, "path: bad character in '%s'", v);
+	/*
+	 * Requests are matched after dot segments are removed, so a prefix
+	 * holding one could never match.
+	 */
+	n = strlen(v);
+	if (strstr(v, "/./") != NULL || strstr(v, "/../") != NULL ||
+	    (n >= 2 && strcmp(v + n - 2, "/.") == 0) ||
+	    (n >= 3 && strcmp(v + n - 3, "/..") == 0))
+		return fail(l, "path: '%s' has a dot segment", v);
+	if ((r->path = dup(l, v)) == NULL)
+		return 0;
+	r->pathlen = strlen(v);
+	return 1;
+}
+
+static int
+route_key(struct loader *l, const char *name, const char *v)
+{
+	struct config *c = l->c;
+	struct route *r = &c->routes[c->nroutes - 1];
+	int k;
+
+	if ((k = lookup(route_keys, name)) < 0)
+		return unknown_key(l, name, route_later);
+	if (l->cont)
+		return fail(l, "%s: takes one value (indented line continues "
+		    "it)", name);
+	if (l->rseen & 1u << k)
+		return fail(l, "duplicate key '%s' in [route %s]", name,
+		    r->name);
+	l->rseen |= 1u << k;
+	switch (k) {
+	case R_HOST:
+		return set_host(l, r, v);
+	case R_PATH:
+		return set_path(l, r, v);
+	case R_BACKEND:
+		if (*v == '\0')
+			return fail(l, "backend: empty value");
+		l->bline[c->nroutes - 1] = l->line;
+		return (r->backend_name = dup(l, v)) != NULL;
+	}
+	return 0;
+}
+
+static int
+handler(void *user, const char *section, const char *name, const char *value)
+{
+	struct loader *l = user;
+
+	if (l->failed)
+		return 0;
+	switch (l->sect) {
+	case S_PROXY:
+		return proxy_key(l, name, value);
+	case S_BACKEND:
+		return backend_key(l, name, value);
+	case S_ROUTE:
+		return route_key(l, name, value);
+	case S_NONE:
+		break;
+	}
+	return fail(l, "key '%s' outside any section", name);
+}
+
+/* ---------------------------------------------------------- sections */
+
+static int
+good_name(const char *s)
+{
+	if (*s == '\0')
+		return 0;
+	for (; *s != '\0'; s++)
+		if (!isalnum((unsigned char)*s) && strchr("_-.", *s) == NULL)
+			return 0;
+	return 1;
+}
+
+/* A "[type name]" line: s is the text between the brackets. */
+static int
+section(struct loader *l, char *s)
+{
+	struct config *c = l->c;
+	char *type, *name, *e;
+	int i, is_route;
+
+	while (is_space(*s))
+		s++;
+	for (e = s + strlen(s); e > s && is_space(e[-1]); e--)
+		e[-1] = '\0';
+	type = s;
+	for (name = s; *name != '\0' && !is_space(*name); name++)
+		;
+	if (*name != '\0') {
+		*name++ = '\0';
+		while (is_space(*name))
+			name++;
+	}
+	l->cont = 0;
+	l->have_key = 0;
+
+	if (strcasecmp(type, "proxy") == 0) {
+		if (*name != '\0')
+			return fail(l, "[proxy] takes no name");
+		if (l->proxy_seen)
+			return fail(l, "duplicate section [proxy]");
+		l->proxy_seen = 1;
+		l->sect = S_PROXY;
+		return 1;
+	}
+	if (strcasecmp(type, "backend") != 0 &&
+	    strcasecmp(type, "route") != 0) {
+		if (lookup(sect_later, type) >= 0)
+			return fail(l, "[%s] is not supported by this build",
+			    type);
+		if (*name != '\0')
+			return fail(l, "unknown section [%s %s]", type, name);
+		return fail(l, "unknown section [%s]", type);
+	}
+	is_route = strcasecmp(type, "route") == 0;
+	snprintf(l->sname, sizeof(l->sname), "%s",
+	    is_route ? "route" : "backend");
+	if (*name == '\0')
+		return fail(l, "[%s] needs a name: [%s NAME]", l->sname,
+		    l->sname);
+	if (!good_name(name))
+		return fail(l, "bad %s name '%s' (letters, digits, '_', '-', "
+		    "'.')", l->sname, name);
+
+	if (!is_route) {
+		struct backend *b;
+
+		for (i = 0; i < c->nbackends; i++)
+			if (strcmp(c->backends[i].name, name) == 0)
+				return fail(l, "duplicate backend '%s'", name);
+		if ((b = grow(l, c->backends, c->nbackends, sizeof(*b))) ==
+		    NULL)
+			return 0;
+		c->backends = b;
+		b = &b[c->nbackends++];
+		b->line = l->line;
+		l->sect = S_BACKEND;
+		return (b->name = dup(l, name)) != NULL;
+	} else {
+		struct route *r;
+		int *bl;
+
+		for (i = 0; i < c->nroutes; i++)
+			if (strcmp(c->routes[i].name, name) == 0)
+				return fail(l, "duplicate route '%s'", name);
+		if ((bl = grow(l, l->bline, c->nroutes, sizeof(*bl))) == NULL)
+			return 0;
+		l->bline = bl;
+		if ((r = grow(l, c->routes, c->nroutes, sizeof(*r))) == NULL)
+			return 0;
+		c->routes = r;
+		r = &r[c->nroutes++];
+		r->line = l->line;
+		r->backend = -1;
+		l->sect = S_ROUTE;
+		l->rseen = 0;
+		return (r->name = dup(l, name)) != NULL;
+	}
+}
+
+/*
+ * inih's find_chars_or_comment: the first of chars, or of a ';' comment
+ * that follows whitespace, or the end.
+ */
+static char *
+scan_to(char *s, const char *chars)
+{
+	int was_space = 0;
+
+	for (; *s != '\0'; s++) {
+		if (strchr(chars, *s) != NULL || (was_space && *s == ';'))
+			break;
+		was_space = is_space(*s);
+	}
+	return s;
+}
+
+/*
+ * Classify a line as inih will (ini.c, ini_parse_stream): comment,
+ * continuation, section or pair. Sections are handled here, since inih
+ * tells the handler nothing about a section without keys; lines inih
+ * would reject without calling the handler are reported here, with the
+ * line number and a message.
+ */
+static int
+classify(struct loader *l, char *line)
+{
+	char *s = line, *e;
+
+	l->cont = 0;
+	if (l->line == 1 && strncmp(s, "\xef\xbb\xbf", 3) == 0)
+		s += 3;
+	while (is_space(*s))
+		s++;
+	if (*s == '\0' || *s == ';' || *s == '#')
+		return 1;
+	if (l->have_key && s > line) {
+		l->cont = 1;
+		return 1;
+	}
+	if (*s == '[') {
+		e = scan_to(s + 1, "]");
+		if (*e != ']')
+			return fail(l, "bad section line: no ']'");
+		*e++ = '\0';
+		while (is_space(*e))
+			e++;
+		if (*e != '\0' && *e != ';')
+			return fail(l, "text after the section name");
+		return section(l, s + 1);
+	}
+	e = scan_to(s, "=:");
+	if (*e != '=' && *e != ':')
+		return fail(l, "expected 'key = value' or '[section]'");
+	l->have_key = 1;
+	return 1;
+}
+
+/*
+ * fgets for inih that counts lines and refuses what inih would silently
+ * cut: over-long lines (the rest would be read as a new line) and NUL
+ * bytes. Returning NULL ends the parse, which is how the first error
+ * stops it.
+ */
+static char *
+reader(char *buf, int num, void *stream)
+{
+	struct loader *l = stream;
+	char copy[512];
+	int ch, i = 0;
+
+	if (l->failed || num < 3)
+		return NULL;
+	while (i < num - 1 && (ch = getc(l->f)) != EOF) {
+		if (ch == '\0') {
+			fail_at(l, l->line + 1, "NUL byte in line");
+			return NULL;
+		}
+		buf[i++] = (char)ch;
+		if (ch == '\n')
+			break;
+	}
+	if (i == 0)
+		return NULL;
+	buf[i] = '\0';
+	l->line++;
+	if (buf[i - 1] != '\n' && i == num - 1) {
+		if ((ch = getc(l->f)) != EOF) {
+			fail(l, "line too long (at most %d bytes)", num - 2);
+			return NULL;
+		}
+	}
+	/* classify() edits section lines: it gets a copy, inih the line */
+	if ((size_t)i >= sizeof(copy)) {
+		fail(l, "line too long (at most %d bytes)", (int)sizeof(copy));
+		return NULL;
+	}
+	memcpy(copy, buf, (size_t)i + 1);
+	if (!classify(l, copy))
+		return NULL;
+	return buf;
+}
+
+/* ------------------------------------------------------------- load */
+
+/* Checks that need the whole file; the earliest line is reported. */
+static void
+finish(struct loader *l)
+{
+	struct config *c = l->c;
+	struct route *r;
+	int i, j, best = INT_MAX, bi = -1, kind = 0;
+
+	for (i = 0; i < c->nbackends; i++)
+		if (c->backends[i].nsrv == 0 && c->backends[i].line < best) {
+			best = c->backends[i].line;
+			bi = i;
+			kind = 1;
+		}
+	for (i = 0; i < c->nroutes; i++) {
+		r = &c->routes[i];
+		if (r->backend_name == NULL) {
+			if (r->line < best) {
+				best = r->line;
+				bi = i;
+				kind = 2;
+			}
+			continue;
+		}
+		for (j = 0; j < c->nbackends; j++)
+			if (strcmp(c->backends[j].name, r->backend_name) == 0)
+				break;
+		if (j < c->nbackends)
+			r->backend = j;
+		else if (l->bline[i] < best) {
+			best = l->bline[i];
+			bi = i;
+			kind = 3;
+		}
+	}
+	if (kind == 1)
+		fail_at(l, best, "backend '%s': no server",
+		    c->backends[bi].name);
+	else if (kind == 2)
+		fail_at(l, best, "route '%s': no backend", c->routes[bi].name);
+	else if (kind == 3)
+		fail_at(l, best, "route '%s': backend '%s' is not defined",
+		    c->routes[bi].name, c->routes[bi].backend_name);
+	if (l->failed)
+		return;
+
+	/* Defaults for what never appeared (DESIGN.md, Config). */
+	if (c->nlisten == 0)
+		add_listen(l, "listen", "0.0.0.0:8080");
+	if (!(l->seen & 1u << P_TRUSTED))
+		add_trusted(l, "trusted", "127.0.0.1/32");
+	if (!(l->seen & 1u << P_HIDE))
+		add_hide(l, "hide_headers", "Server X-Powered-By");
+	if (c->log == NULL)
+		c->log = dup(l, "stderr");
+}
+
+int
+conf_load(const char *path, struct config *c, char *err, size_t errlen)
+{
+	struct loader l;
+	int rc;
+
+	memset(c, 0, sizeof(*c));
+	memset(&l, 0, sizeof(l));
+	l.c = c;
+	l.file = path;
+	l.err = err;
+	l.errlen = errlen;
+	if (errlen > 0)
+		err[0] = '\0';
+
+	c->max_connections = 1024;
+	c->buffers = 128;
+	c->buffer_size = 16 * 1024;
+	c->max_body = 1024 * 1024;
+	c->header_timeout_ms = 10 * 1000;
+	c->idle_timeout_ms = 60 * 1000;
+	c->backend_timeout_ms = 30 * 1000;
+	if ((c->file = strdup(path)) == NULL) {
+		fail_at(&l, 0, "out of memory");
+		return -1;
+	}
+
+	if ((l.f = fopen(path, "r")) == NULL) {
+		fail_at(&l, 0, "cannot open: %s", strerror(errno));
+		return -1;
+	}
+	rc = ini_parse_stream(reader, &l, handler, &l);
+	if (ferror(l.f))
+		fail_at(&l, 0, "cannot read: %s", strerror(errno));
+	fclose(l.f);
+	if (rc > 0)
+		fail_at(&l, rc, "syntax error");
+	else if (rc < 0)
+		fail_at(&l, 0, "cannot parse (error %d)", rc);
+	if (!l.failed)
+		finish(&l);
+	free(l.bline);
+	return l.failed ? -1 : 0;
+}
+
+void
+conf_free(struct config *c)
+{
+	int i, j;
+
+	free(c->file);
+	for (i = 0; i < c->nlisten; i++)
+		free(c->listen[i]);
+	free(c->listen);
+	free(c->user);
+	free(c->chroot_dir);
+	free(c->pidfile);
+	free(c->log);
+	free(c->trusted);
+	free(c->hide_headers);
+	for (i = 0; i < c->nbackends; i++) {
+		for (j = 0; j < c->backends[i].nsrv; j++)
+			free(c->backends[i].srv[j].name);
+		free(c->backends[i].srv);
+		free(c->backends[i].name);
+	}
+	free(c->backends);
+	for (i = 0; i < c->nroutes; i++) {
+		free(c->routes[i].name);
+		free(c->routes[i].host);
+		free(c->routes[i].path);
+		free(c->routes[i].backend_name);
+	}
+	free(c->routes);
+	memset(c, 0, sizeof(*c));
+}
