@@ -27,37 +27,57 @@
 
 #include "proxy.h"
 
-enum sect { S_NONE, S_PROXY, S_BACKEND, S_ROUTE };
+enum sect { S_NONE, S_PROXY, S_BACKEND, S_ROUTE, S_TLS, S_CERT };
 
 /* [proxy] keys, in the order of the bits in loader.seen. */
 enum {
 	P_LISTEN, P_USER, P_CHROOT, P_PIDFILE, P_LOG, P_MAXCONN, P_BUFFERS,
-	P_BUFSIZE, P_MAXBODY, P_HDRTO, P_IDLETO, P_BACKTO, P_TRUSTED, P_HIDE
+	P_BUFSIZE, P_MAXBODY, P_HDRTO, P_IDLETO, P_BACKTO, P_TRUSTED, P_HIDE,
+	P_STATUS, P_STATUS_ALLOW
 };
 static const char *const proxy_keys[] = {
 	"listen", "user", "chroot", "pidfile", "log", "max_connections",
 	"buffers", "buffer_size", "max_body", "header_timeout",
-	"idle_timeout", "backend_timeout", "trusted", "hide_headers", NULL
+	"idle_timeout", "backend_timeout", "trusted", "hide_headers",
+	"status", "status_allow", NULL
 };
 
-enum { R_HOST, R_PATH, R_BACKEND };
-static const char *const route_keys[] = { "host", "path", "backend", NULL };
+enum { R_HOST, R_PATH, R_BACKEND, R_STRIP };
+static const char *const route_keys[] = { "host", "path", "backend",
+	"strip_prefix", NULL };
+
+enum { B_SERVER, B_HEALTH, B_INTERVAL, B_FAILTO, B_CA };
+static const char *const backend_keys[] = { "server", "health_check",
+	"health_interval", "fail_timeout", "ca", NULL };
+
+/* [tls] keys, in the order of the bits in loader.tseen. */
+enum {
+	T_LISTEN, T_CERT, T_KEY, T_SESSIONS, T_CONNS, T_REDIRECT, T_HSTS,
+	T_CIPHERS
+};
+static const char *const tls_keys[] = {
+	"listen", "cert", "key", "sessions", "connections", "redirect_http",
+	"hsts", "ciphers", NULL
+};
+
+/* [cert NAME] keys. */
+enum { C_HOSTS, C_CERT, C_KEY };
+static const char *const cert_keys[] = { "hosts", "cert", "key", NULL };
 
 /*
  * Keys and sections of DESIGN.md whose features this build lacks: saying
  * so beats "unknown key" for a user who copied a newer example.
  */
 static const char *const proxy_later[] = {
-	"access_log", "max_conns_per_ip", "rate", "rate_burst", "status",
-	"status_allow", "proxy_protocol", NULL
+	"access_log", "max_conns_per_ip", "rate", "rate_burst",
+	"proxy_protocol", NULL
 };
-static const char *const backend_later[] = {
-	"ca", "health_check", "health_interval", "fail_timeout", NULL
-};
+static const char *const backend_later[] = { NULL };
+static const char *const none_later[] = { NULL };
 static const char *const route_later[] = {
-	"cache", "strip_prefix", "auth", "allow", "deny", NULL
+	"cache", "auth", "allow", "deny", NULL
 };
-static const char *const sect_later[] = { "tls", "cert", "cache", NULL };
+static const char *const sect_later[] = { "cache", NULL };
 
 struct loader {
 	struct config *c;
@@ -75,6 +95,10 @@ struct loader {
 	int proxy_seen;		/* a [proxy] section was opened */
 	unsigned seen;		/* [proxy] keys given, 1 << P_* */
 	unsigned rseen;		/* keys given in the current route */
+	unsigned bseen;		/* keys given in the current backend */
+	int tls_line;		/* line of [tls], 0: none yet */
+	unsigned tseen;		/* [tls] keys given, 1 << T_* */
+	unsigned cseen;		/* keys given in the current [cert] */
 	int *bline;		/* per route: line of its backend key */
 };
 
@@ -182,8 +206,11 @@ unknown_key(struct loader *l, const char *name, const char *const *later)
 		return fail(l, "'%s' is not supported by this build", name);
 	if (l->sect == S_PROXY)
 		return fail(l, "unknown key '%s' in [proxy]", name);
+	if (l->sect == S_TLS)
+		return fail(l, "unknown key '%s' in [tls]", name);
 	return fail(l, "unknown key '%s' in [%s %s]", name, l->sname,
 	    l->sect == S_BACKEND ? c->backends[c->nbackends - 1].name :
+	    l->sect == S_CERT ? c->tls.certs[c->tls.ncerts - 1].name :
 	    c->routes[c->nroutes - 1].name);
 }
 
@@ -497,10 +524,11 @@ set_dur(struct loader *l, long *dst, const char *name, const char *v)
 	return 1;
 }
 
+/* Append a listen address to a list ([proxy] or [tls] listen). */
 static int
-add_listen(struct loader *l, const char *name, const char *v)
+add_addr(struct loader *l, const char *name, const char *v, char ***list,
+    int *n)
 {
-	struct config *c = l->c;
 	struct sockaddr_storage ss;
 	socklen_t len;
 	char **p;
@@ -512,11 +540,17 @@ add_listen(struct loader *l, const char *name, const char *v)
 			    gai_strerror(gai));
 		return fail(l, "%s: bad address '%s'", name, v);
 	}
-	if ((p = grow(l, c->listen, c->nlisten, sizeof(*p))) == NULL)
+	if ((p = grow(l, *list, *n, sizeof(*p))) == NULL)
 		return 0;
-	c->listen = p;
-	c->nlisten++;
-	return (p[c->nlisten - 1] = dup(l, v)) != NULL;
+	*list = p;
+	(*n)++;
+	return (p[*n - 1] = dup(l, v)) != NULL;
+}
+
+static int
+add_listen(struct loader *l, const char *name, const char *v)
+{
+	return add_addr(l, name, v, &l->c->listen, &l->c->nlisten);
 }
 
 /* A value holding several words: split on whitespace, in place. */
@@ -537,33 +571,71 @@ next_word(char **s)
 	return w;
 }
 
+/* Append space-separated CIDRs to a list (trusted, status_allow). */
 static int
-add_trusted(struct loader *l, const char *name, const char *v)
+add_cidrs(struct loader *l, const char *name, const char *v,
+    struct cidr **list, int *n)
 {
-	struct config *c = l->c;
 	struct cidr *p;
 	char *copy, *rest, *w;
 	int ok = 1;
 
-	/* An empty value or "off" trusts nobody: the default is replaced. */
+	/* An empty value or "off" allows nobody: the default is replaced. */
 	if (strcmp(v, "off") == 0)
 		return 1;
 	if ((copy = rest = dup(l, v)) == NULL)
 		return 0;
 	while (ok && (w = next_word(&rest)) != NULL) {
-		if ((p = grow(l, c->trusted, c->ntrusted, sizeof(*p))) ==
-		    NULL) {
+		if ((p = grow(l, *list, *n, sizeof(*p))) == NULL) {
 			ok = 0;
 			break;
 		}
-		c->trusted = p;
-		if (conf_cidr(w, &p[c->ntrusted]) < 0)
+		*list = p;
+		if (conf_cidr(w, &p[*n]) < 0)
 			ok = fail(l, "%s: bad CIDR '%s'", name, w);
 		else
-			c->ntrusted++;
+			(*n)++;
 	}
 	free(copy);
 	return ok;
+}
+
+static int
+add_trusted(struct loader *l, const char *name, const char *v)
+{
+	return add_cidrs(l, name, v, &l->c->trusted, &l->c->ntrusted);
+}
+
+static int
+set_bool(struct loader *l, int *dst, const char *name, const char *v)
+{
+	if (strcasecmp(v, "yes") == 0 || strcasecmp(v, "on") == 0)
+		*dst = 1;
+	else if (strcasecmp(v, "no") == 0 || strcasecmp(v, "off") == 0)
+		*dst = 0;
+	else
+		return fail(l, "%s: want yes or no, not '%s'", name, v);
+	return 1;
+}
+
+/* A path the proxy serves itself or asks for: "/..." with no spaces. */
+static int
+set_url_path(struct loader *l, char **dst, const char *name, const char *v,
+    int off_ok)
+{
+	const char *s;
+
+	if (off_ok && strcmp(v, "off") == 0) {
+		free(*dst);
+		*dst = NULL;
+		return 1;
+	}
+	if (v[0] != '/')
+		return fail(l, "%s: '%s' must start with '/'", name, v);
+	for (s = v; *s != '\0'; s++)
+		if ((unsigned char)*s <= ' ' || *s == 0x7f || *s == '#')
+			return fail(l, "%s: bad character in '%s'", name, v);
+	return set_str(l, dst, name, v, 0);
 }
 
 /*
@@ -621,11 +693,12 @@ proxy_key(struct loader *l, const char *name, const char *v)
 
 	if ((k = lookup(proxy_keys, name)) < 0)
 		return unknown_key(l, name, proxy_later);
-	if (l->cont && k != P_LISTEN && k != P_TRUSTED && k != P_HIDE)
+	if (l->cont && k != P_LISTEN && k != P_TRUSTED && k != P_HIDE &&
+	    k != P_STATUS_ALLOW)
 		return fail(l, "%s: takes one value (indented line continues "
 		    "it)", name);
 	if (!l->cont && k != P_LISTEN && k != P_TRUSTED &&
-	    (l->seen & 1u << k))
+	    k != P_STATUS_ALLOW && (l->seen & 1u << k))
 		return fail(l, "duplicate key '%s' in [proxy]", name);
 	l->seen |= 1u << k;
 
@@ -667,6 +740,11 @@ proxy_key(struct loader *l, const char *name, const char *v)
 		return add_trusted(l, name, v);
 	case P_HIDE:
 		return add_hide(l, name, v);
+	case P_STATUS:
+		return set_url_path(l, &c->status, name, v, 1);
+	case P_STATUS_ALLOW:
+		return add_cidrs(l, name, v, &c->status_allow,
+		    &c->nstatus_allow);
 	}
 	return 0;
 }
@@ -685,12 +763,38 @@ parse_weight(const char *w)
 	return (int)n;
 }
 
+/*
+ * The HOST of "HOST:PORT" or "[v6]:PORT": the name TLS sends as SNI and
+ * checks in the server's certificate.
+ */
+static char *
+server_host(struct loader *l, const char *addr)
+{
+	const char *h = addr, *e;
+	char *p;
+
+	if (addr[0] == '[') {
+		h = addr + 1;
+		e = strchr(h, ']');
+	} else
+		e = strrchr(addr, ':');
+	if (e == NULL)
+		e = h + strlen(h);
+	if ((p = malloc((size_t)(e - h) + 1)) == NULL) {
+		fail(l, "out of memory");
+		return NULL;
+	}
+	memcpy(p, h, (size_t)(e - h));
+	p[e - h] = '\0';
+	return p;
+}
+
 static int
 add_server(struct loader *l, struct backend *b, const char *v)
 {
 	struct server *s, *p;
 	char *copy, *rest, *addr, *w;
-	int weight = 0, n, gai = 0, ok = 0;
+	int weight = 0, tls = 0, n, gai = 0, ok = 0;
 
 	if ((copy = rest = dup(l, v)) == NULL)
 		return 0;
@@ -700,8 +804,12 @@ add_server(struct loader *l, struct backend *b, const char *v)
 	}
 	while ((w = next_word(&rest)) != NULL) {
 		if (strcasecmp(w, "tls") == 0) {
-			fail(l, "'%s' is not supported by this build", w);
-			goto out;
+			if (tls) {
+				fail(l, "server: tls given twice");
+				goto out;
+			}
+			tls = 1;
+			continue;
 		}
 		if ((n = parse_weight(w)) == 0) {
 			fail(l, "server: unexpected '%s' after the address",
@@ -736,8 +844,10 @@ add_server(struct loader *l, struct backend *b, const char *v)
 		goto out;
 	}
 	s->weight = weight != 0 ? weight : 1;
+	s->tls = tls;
 	b->nsrv++;
-	ok = (s->name = dup(l, addr)) != NULL;
+	ok = (s->name = dup(l, addr)) != NULL &&
+	    (s->host = server_host(l, addr)) != NULL;
 out:
 	free(copy);
 	return ok;
@@ -747,10 +857,30 @@ static int
 backend_key(struct loader *l, const char *name, const char *v)
 {
 	struct backend *b = &l->c->backends[l->c->nbackends - 1];
+	int k;
 
-	if (strcasecmp(name, "server") != 0)
+	if ((k = lookup(backend_keys, name)) < 0)
 		return unknown_key(l, name, backend_later);
-	return add_server(l, b, v);
+	if (k == B_SERVER)
+		return add_server(l, b, v);
+	if (l->cont)
+		return fail(l, "%s: takes one value (indented line continues "
+		    "it)", name);
+	if (l->bseen & 1u << k)
+		return fail(l, "duplicate key '%s' in [backend %s]", name,
+		    b->name);
+	l->bseen |= 1u << k;
+	switch (k) {
+	case B_HEALTH:
+		return set_url_path(l, &b->health_check, name, v, 1);
+	case B_INTERVAL:
+		return set_dur(l, &b->health_interval_ms, name, v);
+	case B_FAILTO:
+		return set_dur(l, &b->fail_timeout_ms, name, v);
+	case B_CA:
+		return set_str(l, &b->ca, name, v, 0);
+	}
+	return 0;
 }
 
 /* ------------------------------------------------------------ [route] */
@@ -839,6 +969,167 @@ route_key(struct loader *l, const char *name, const char *v)
 			return fail(l, "backend: empty value");
 		l->bline[c->nroutes - 1] = l->line;
 		return (r->backend_name = dup(l, v)) != NULL;
+	case R_STRIP:
+		return set_bool(l, &r->strip_prefix, name, v);
+	}
+	return 0;
+}
+
+/* ------------------------------------------------------ [tls] [cert] */
+
+/*
+ * certs[0] is [tls]'s own certificate, whichever of [tls] and [cert NAME]
+ * comes first in the file: make room for it before any other.
+ */
+static int
+tls_certs_start(struct loader *l)
+{
+	struct tls_conf *t = &l->c->tls;
+
+	if (t->ncerts > 0)
+		return 1;
+	if ((t->certs = grow(l, t->certs, 0, sizeof(*t->certs))) == NULL)
+		return 0;
+	t->ncerts = 1;
+	return (t->certs[0].name = dup(l, "tls")) != NULL;
+}
+
+/*
+ * A name to match against SNI: "example.org" or "*.example.org" (one or
+ * more labels before the suffix). SNI carries DNS names only (RFC 6066
+ * 3), so addresses, ports and inner '*' are mistakes.
+ */
+static int
+add_cert_host(struct loader *l, struct tls_cert *tc, const char *w)
+{
+	const char *s = w;
+	char **p, *h;
+	size_t n;
+
+	if (s[0] == '*') {
+		if (s[1] != '.' || s[2] == '\0' || s[2] == '.')
+			return fail(l, "hosts: bad wildcard '%s' (want "
+			    "*.suffix)", w);
+		s += 2;
+	}
+	for (; *s != '\0'; s++)
+		if (!isalnum((unsigned char)*s) && *s != '-' && *s != '.' &&
+		    *s != '_')
+			return fail(l, "hosts: bad host name '%s'", w);
+	if ((p = grow(l, tc->hosts, tc->nhosts, sizeof(*p))) == NULL)
+		return 0;
+	tc->hosts = p;
+	if ((h = dup(l, w)) == NULL)
+		return 0;
+	p[tc->nhosts++] = h;
+	/* Compared without case; "example.org." is the same name. */
+	for (; *h != '\0'; h++)
+		*h = (char)tolower((unsigned char)*h);
+	n = strlen(p[tc->nhosts - 1]);
+	if (n > 1 && p[tc->nhosts - 1][n - 1] == '.')
+		p[tc->nhosts - 1][n - 1] = '\0';
+	return 1;
+}
+
+/* Apply fn to each space-separated word of v. */
+static int
+each_word(struct loader *l, const char *v, int (*fn)(struct loader *,
+    const char *, void *), void *arg)
+{
+	char *copy, *rest, *w;
+	int ok = 1;
+
+	if ((copy = rest = dup(l, v)) == NULL)
+		return 0;
+	while (ok && (w = next_word(&rest)) != NULL)
+		ok = fn(l, w, arg);
+	free(copy);
+	return ok;
+}
+
+static int
+tls_listen_word(struct loader *l, const char *w, void *arg)
+{
+	struct tls_conf *t = &l->c->tls;
+
+	return add_addr(l, "listen", w, &t->listen, &t->nlisten);
+}
+
+static int
+cert_host_word(struct loader *l, const char *w, void *arg)
+{
+	return add_cert_host(l, arg, w);
+}
+
+static int
+tls_key(struct loader *l, const char *name, const char *v)
+{
+	struct tls_conf *t = &l->c->tls;
+	int k;
+
+	if ((k = lookup(tls_keys, name)) < 0)
+		return unknown_key(l, name, none_later);
+	if (l->cont && k != T_LISTEN)
+		return fail(l, "%s: takes one value (indented line continues "
+		    "it)", name);
+	if (!l->cont && k != T_LISTEN && (l->tseen & 1u << k))
+		return fail(l, "duplicate key '%s' in [tls]", name);
+	l->tseen |= 1u << k;
+
+	switch (k) {
+	case T_LISTEN:
+		if (*v == '\0')
+			return fail(l, "listen: bad address ''");
+		return each_word(l, v, tls_listen_word, NULL);
+	case T_CERT:
+		return set_str(l, &t->certs[0].cert, name, v, 0);
+	case T_KEY:
+		return set_str(l, &t->certs[0].key, name, v, 0);
+	case T_SESSIONS:
+		return set_num(l, &t->sessions, name, v, 0, 100000);
+	case T_CONNS:
+		return set_num(l, &t->connections, name, v, 1, 100000);
+	case T_REDIRECT:
+		return set_bool(l, &t->redirect_http, name, v);
+	case T_HSTS:
+		return set_num(l, &t->hsts, name, v, 0, 1000000000);
+	case T_CIPHERS:
+		if (strcasecmp(v, "modern") == 0)
+			t->compat = 0;
+		else if (strcasecmp(v, "compat") == 0)
+			t->compat = 1;
+		else
+			return fail(l, "ciphers: want modern or compat, not "
+			    "'%s'", v);
+		return 1;
+	}
+	return 0;
+}
+
+static int
+cert_key(struct loader *l, const char *name, const char *v)
+{
+	struct tls_conf *t = &l->c->tls;
+	struct tls_cert *tc = &t->certs[t->ncerts - 1];
+	int k;
+
+	if ((k = lookup(cert_keys, name)) < 0)
+		return unknown_key(l, name, none_later);
+	if (l->cont && k != C_HOSTS)
+		return fail(l, "%s: takes one value (indented line continues "
+		    "it)", name);
+	if (!l->cont && (l->cseen & 1u << k))
+		return fail(l, "duplicate key '%s' in [cert %s]", name,
+		    tc->name);
+	l->cseen |= 1u << k;
+
+	switch (k) {
+	case C_HOSTS:
+		return each_word(l, v, cert_host_word, tc);
+	case C_CERT:
+		return set_str(l, &tc->cert, name, v, 0);
+	case C_KEY:
+		return set_str(l, &tc->key, name, v, 0);
 	}
 	return 0;
 }
@@ -857,6 +1148,10 @@ handler(void *user, const char *section, const char *name, const char *value)
 		return backend_key(l, name, value);
 	case S_ROUTE:
 		return route_key(l, name, value);
+	case S_TLS:
+		return tls_key(l, name, value);
+	case S_CERT:
+		return cert_key(l, name, value);
 	case S_NONE:
 		break;
 	}
@@ -874,6 +1169,52 @@ good_name(const char *s)
 		if (!isalnum((unsigned char)*s) && strchr("_-.", *s) == NULL)
 			return 0;
 	return 1;
+}
+
+static int
+section_tls(struct loader *l, const char *name)
+{
+	if (*name != '\0')
+		return fail(l, "[tls] takes no name");
+	if (l->tls_line != 0)
+		return fail(l, "duplicate section [tls]");
+	if (!tls_certs_start(l))
+		return 0;
+	l->tls_line = l->line;
+	l->c->tls.certs[0].line = l->line;
+	l->sect = S_TLS;
+	return 1;
+}
+
+static int
+section_cert(struct loader *l, const char *name)
+{
+	struct tls_conf *t = &l->c->tls;
+	struct tls_cert *tc;
+	int i;
+
+	snprintf(l->sname, sizeof(l->sname), "cert");
+	if (*name == '\0')
+		return fail(l, "[cert] needs a name: [cert NAME]");
+	if (!good_name(name))
+		return fail(l, "bad cert name '%s' (letters, digits, '_', "
+		    "'-', '.')", name);
+	/* certs[0] is "tls": messages and logs name [tls]'s own that way */
+	if (strcmp(name, "tls") == 0)
+		return fail(l, "cert name 'tls' is taken by [tls]");
+	if (!tls_certs_start(l))
+		return 0;
+	for (i = 1; i < t->ncerts; i++)
+		if (strcmp(t->certs[i].name, name) == 0)
+			return fail(l, "duplicate cert '%s'", name);
+	if ((tc = grow(l, t->certs, t->ncerts, sizeof(*tc))) == NULL)
+		return 0;
+	t->certs = tc;
+	tc = &tc[t->ncerts++];
+	tc->line = l->line;
+	l->sect = S_CERT;
+	l->cseen = 0;
+	return (tc->name = dup(l, name)) != NULL;
 }
 
 /* A "[type name]" line: s is the text between the brackets. */
@@ -908,6 +1249,10 @@ section(struct loader *l, char *s)
 		l->sect = S_PROXY;
 		return 1;
 	}
+	if (strcasecmp(type, "tls") == 0)
+		return section_tls(l, name);
+	if (strcasecmp(type, "cert") == 0)
+		return section_cert(l, name);
 	if (strcasecmp(type, "backend") != 0 &&
 	    strcasecmp(type, "route") != 0) {
 		if (lookup(sect_later, type) >= 0)
@@ -940,6 +1285,7 @@ section(struct loader *l, char *s)
 		b = &b[c->nbackends++];
 		b->line = l->line;
 		l->sect = S_BACKEND;
+		l->bseen = 0;
 		return (b->name = dup(l, name)) != NULL;
 	} else {
 		struct route *r;
@@ -1068,13 +1414,78 @@ reader(char *buf, int num, void *stream)
 
 /* ------------------------------------------------------------- load */
 
+/* Keep the message of the earliest problem found by tls_check. */
+static void
+early(int *best, char *msg, size_t len, int line, const char *fmt, ...)
+	__attribute__((format(printf, 5, 6)));
+static void
+early(int *best, char *msg, size_t len, int line, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (line >= *best)
+		return;
+	*best = line;
+	va_start(ap, fmt);
+	vsnprintf(msg, len, fmt, ap);
+	va_end(ap);
+}
+
+/*
+ * What [tls], [cert NAME] and tls servers need from the rest of the
+ * file. Returns the line of the earliest problem (INT_MAX: none) with its
+ * message in msg. The files themselves are read by tls_init.
+ */
+static int
+tls_check(struct loader *l, char *msg, size_t len)
+{
+	struct config *c = l->c;
+	struct tls_conf *t = &c->tls;
+	struct tls_cert *tc;
+	struct backend *b;
+	int i, j, best = INT_MAX;
+
+	if (t->nlisten > 0 && t->certs[0].cert == NULL)
+		early(&best, msg, len, l->tls_line, "[tls]: cert is required");
+	if (t->nlisten > 0 && t->certs[0].key == NULL)
+		early(&best, msg, len, l->tls_line, "[tls]: key is required");
+	for (i = 1; i < t->ncerts; i++) {
+		tc = &t->certs[i];
+		if (l->tls_line == 0)
+			early(&best, msg, len, tc->line, "[cert %s]: needs a "
+			    "[tls] section", tc->name);
+		if (tc->nhosts == 0)
+			early(&best, msg, len, tc->line, "[cert %s]: hosts is "
+			    "required", tc->name);
+		if (tc->cert == NULL)
+			early(&best, msg, len, tc->line, "[cert %s]: cert is "
+			    "required", tc->name);
+		if (tc->key == NULL)
+			early(&best, msg, len, tc->line, "[cert %s]: key is "
+			    "required", tc->name);
+	}
+	/* Unverified TLS would hand requests to whoever answers. */
+	for (i = 0; i < c->nbackends; i++) {
+		b = &c->backends[i];
+		for (j = 0; j < b->nsrv && b->ca == NULL; j++)
+			if (b->srv[j].tls) {
+				early(&best, msg, len, b->line, "backend '%s': "
+				    "server %s tls needs ca", b->name,
+				    b->srv[j].name);
+				break;
+			}
+	}
+	return best;
+}
+
 /* Checks that need the whole file; the earliest line is reported. */
 static void
 finish(struct loader *l)
 {
 	struct config *c = l->c;
 	struct route *r;
-	int i, j, best = INT_MAX, bi = -1, kind = 0;
+	char tmsg[300];
+	int i, j, best = INT_MAX, bi = -1, kind = 0, tline;
 
 	for (i = 0; i < c->nbackends; i++)
 		if (c->backends[i].nsrv == 0 && c->backends[i].line < best) {
@@ -1103,6 +1514,10 @@ finish(struct loader *l)
 			kind = 3;
 		}
 	}
+	if ((tline = tls_check(l, tmsg, sizeof(tmsg))) < best) {
+		fail_at(l, tline, "%s", tmsg);
+		return;
+	}
 	if (kind == 1)
 		fail_at(l, best, "backend '%s': no server",
 		    c->backends[bi].name);
@@ -1121,6 +1536,24 @@ finish(struct loader *l)
 		add_trusted(l, "trusted", "127.0.0.1/32");
 	if (!(l->seen & 1u << P_HIDE))
 		add_hide(l, "hide_headers", "Server X-Powered-By");
+	if (!(l->seen & 1u << P_STATUS))
+		set_url_path(l, &c->status, "status", "/.proxy/status", 0);
+	if (!(l->seen & 1u << P_STATUS_ALLOW))
+		add_cidrs(l, "status_allow", "127.0.0.0/8 ::1/128",
+		    &c->status_allow, &c->nstatus_allow);
+	for (i = 0; i < c->nbackends; i++) {
+		struct backend *b = &c->backends[i];
+
+		if (b->health_interval_ms == 0)
+			b->health_interval_ms = 5000;
+		if (b->fail_timeout_ms == 0)
+			b->fail_timeout_ms = 10000;
+		for (j = 0; j < b->nsrv; j++) {
+			b->srv[j].b = b;
+			b->srv[j].hc.fd = -1;
+			b->srv[j].last_check = -2;
+		}
+	}
 	if (c->log == NULL)
 		c->log = dup(l, "stderr");
 }
@@ -1147,6 +1580,8 @@ conf_load(const char *path, struct config *c, char *err, size_t errlen)
 	c->header_timeout_ms = 10 * 1000;
 	c->idle_timeout_ms = 60 * 1000;
 	c->backend_timeout_ms = 30 * 1000;
+	c->tls.sessions = 128;
+	c->tls.connections = 64;
 	if ((c->file = strdup(path)) == NULL) {
 		fail_at(&l, 0, "out of memory");
 		return -1;
@@ -1185,9 +1620,15 @@ conf_free(struct config *c)
 	free(c->log);
 	free(c->trusted);
 	free(c->hide_headers);
+	free(c->status);
+	free(c->status_allow);
 	for (i = 0; i < c->nbackends; i++) {
-		for (j = 0; j < c->backends[i].nsrv; j++)
+		free(c->backends[i].health_check);
+		free(c->backends[i].ca);
+		for (j = 0; j < c->backends[i].nsrv; j++) {
 			free(c->backends[i].srv[j].name);
+			free(c->backends[i].srv[j].host);
+		}
 		free(c->backends[i].srv);
 		free(c->backends[i].name);
 	}
@@ -1199,5 +1640,17 @@ conf_free(struct config *c)
 		free(c->routes[i].backend_name);
 	}
 	free(c->routes);
+	for (i = 0; i < c->tls.nlisten; i++)
+		free(c->tls.listen[i]);
+	free(c->tls.listen);
+	for (i = 0; i < c->tls.ncerts; i++) {
+		free(c->tls.certs[i].name);
+		free(c->tls.certs[i].cert);
+		free(c->tls.certs[i].key);
+		for (j = 0; j < c->tls.certs[i].nhosts; j++)
+			free(c->tls.certs[i].hosts[j]);
+		free(c->tls.certs[i].hosts);
+	}
+	free(c->tls.certs);
 	memset(c, 0, sizeof(*c));
 }

@@ -24,8 +24,8 @@ static const char root[] = "/";
 static const char hexdig[] = "0123456789ABCDEF";
 
 /* Bounds of the chunked scanner; see http_chunk_scan. */
-#define CHUNK_MAX_DIGITS	15	/* 15 hex digits: < 2^60, no overflow */
-#define CHUNK_MAX_LINE		1024	/* size or trailer line, sans CRLF */
+#define CHUNK_MAX_DIGITS	15	/* < 2^60: cannot overflow */
+#define CHUNK_MAX_LINE		1024	/* a size or trailer line */
 #define CHUNK_MAX_TRAILERS	32
 
 /* Longest Content-Length accepted: 18 digits cannot overflow 64 bits. */
@@ -231,7 +231,7 @@ head_scan(const char *buf, size_t len, size_t *hl)
 		if (c == '\n') {
 			if (i == 0 || buf[i - 1] != '\r')
 				return -1;
-			/* buf[i - 2] == '\n' was itself checked to follow CR. */
+			/* buf[i - 2] == '\n' was checked to follow CR. */
 			if (i >= 3 && buf[i - 2] == '\n') {
 				*hl = i + 1;
 				return 1;
@@ -319,7 +319,6 @@ parse_clen(struct slice v, uint64_t *clen)
 
 /* Transfer-Encoding across all its field lines (RFC 9112 6.1). */
 struct te_list {
-	int n;			/* codings seen */
 	int nchunked;		/* how many of them were chunked */
 	int last_chunked;	/* the final one was chunked */
 };
@@ -338,7 +337,6 @@ te_add(struct te_list *te, struct slice v)
 		 */
 		if (!is_token(el))
 			return -1;
-		te->n++;
 		te->last_chunked = slice_eq(el, "chunked");
 		if (te->last_chunked)
 			te->nchunked++;
@@ -445,13 +443,13 @@ check_fields(struct http_msg *m, int req)
 		 */
 		if (ncl || m->minor == 0)
 			return -1;
-		/* 6.1: chunked at most once, and never twice. */
+		/* 6.1: chunked is applied at most once. */
 		if (te.nchunked > 1)
 			return -1;
 		if (te.last_chunked)
 			m->flags |= HF_CHUNKED;
 		else if (req)
-			return -1;	/* 6.3: a request body we cannot frame */
+			return -1;	/* 6.3: a body we cannot frame */
 		else
 			m->flags |= HF_TE_OTHER; /* 6.3: read until close */
 	}
@@ -699,6 +697,7 @@ http_chunk_scan(struct http_chunk *c, const char *buf, size_t len,
 				n = (size_t)c->left;
 			i += n;
 			c->left -= n;
+			c->data += n;
 			if (c->left == 0)
 				c->st = CK_DATA_CR;
 			continue;
@@ -755,7 +754,7 @@ http_chunk_scan(struct http_chunk *c, const char *buf, size_t len,
 			if (ch != '\n')
 				goto bad;
 			c->linelen = 0;
-			c->ndig = 0;	/* from here on: trailer lines seen */
+			c->ndig = 0;	/* in trailers: lines seen */
 			c->st = c->left == 0 ? CK_TRL : CK_DATA;
 			break;
 		case CK_DATA_CR:
@@ -1044,9 +1043,78 @@ is_hidden(const char *hide, struct slice name)
 	return 0;
 }
 
+uint32_t
+http_host_hash(const char *p, size_t n)
+{
+	uint32_t h = 2166136261u;
+	size_t i;
+
+	for (i = 0; i < n; i++) {
+		h ^= (uint32_t)(unsigned char)(p[i] >= 'A' && p[i] <= 'Z' ?
+		    p[i] - 'A' + 'a' : p[i]);
+		h *= 16777619u;
+	}
+	return h != 0 ? h : 1;
+}
+
+/* Does the authority a[0..n) name the request's host or the server? */
+static int
+is_us(const char *a, size_t n, const struct http_rsp *o)
+{
+	struct slice s;
+
+	s.p = a;
+	s.n = (uint32_t)n;
+	if (o->host_hash != 0 && http_host_hash(a, n) == o->host_hash)
+		return 1;
+	return o->server != NULL && slice_eq(s, o->server);
+}
+
+/*
+ * strip_prefix: the backend thinks it lives at "/", so its redirects say
+ * "/login" or "http://host/login"; the client must go to "/app/login".
+ * Relative references ("login") resolve under the prefix by themselves.
+ */
+static void
+put_location(struct wbuf *w, struct slice name, struct slice v,
+    const struct http_rsp *o)
+{
+	size_t plen = strlen(o->prefix), i, end;
+	const char *path = NULL;
+
+	if (plen > 0 && o->prefix[plen - 1] == '/')
+		plen--;
+	if (v.n > 0 && v.p[0] == '/' && (v.n == 1 || v.p[1] != '/')) {
+		path = v.p;
+	} else {
+		/* scheme "://" authority path */
+		for (i = 0; i < v.n && v.p[i] != ':'; i++)
+			;
+		if (i + 3 <= v.n && memcmp(v.p + i, "://", 3) == 0) {
+			i += 3;
+			for (end = i; end < v.n && v.p[end] != '/' &&
+			    v.p[end] != '?'; end++)
+				;
+			if (end < v.n && v.p[end] == '/' &&
+			    is_us(v.p + i, end - i, o))
+				path = v.p + end;
+		}
+	}
+	if (path == NULL) {
+		put_field(w, name, v);	/* relative, or another site */
+		return;
+	}
+	put_slice(w, name);
+	put(w, ": ", 2);
+	put(w, v.p, (size_t)(path - v.p));
+	put(w, o->prefix, plen);
+	put(w, path, (size_t)(v.p + v.n - path));
+	put(w, "\r\n", 2);
+}
+
 int
 http_write_response(char *out, size_t cap, const struct http_msg *m,
-    int close, int client_minor, const char *hide)
+    const struct http_rsp *o)
 {
 	struct wbuf w;
 	const struct http_hdr *h;
@@ -1073,16 +1141,22 @@ http_write_response(char *out, size_t cap, const struct http_msg *m,
 		h = &m->h[i];
 		if (is_hop(m, h->name, up))
 			continue;
-		if (is_hidden(hide, h->name) && !is_framing(h->name))
+		if (is_hidden(o->hide, h->name) && !is_framing(h->name))
 			continue;
-		put_field(&w, h->name, h->value);
+		if (o->prefix != NULL && (slice_eq(h->name, "Location") ||
+		    slice_eq(h->name, "Content-Location")))
+			put_location(&w, h->name, h->value, o);
+		else
+			put_field(&w, h->name, h->value);
 	}
 	put_via(&w, m->minor);
+	if (o->extra != NULL)
+		put_str(&w, o->extra);
 	if (up)
 		put_str(&w, "Connection: upgrade\r\n");
-	else if (close)
+	else if (o->close)
 		put_str(&w, "Connection: close\r\n");
-	else if (client_minor == 0)
+	else if (o->client_minor == 0)
 		put_str(&w, "Connection: keep-alive\r\n");
 	return wend(&w);
 }

@@ -35,6 +35,7 @@
 #define LINGER_MS	2000	/* reading leftovers after a final response */
 #define DRAIN_MS	5000	/* TERM: how long in-flight requests get */
 #define IDLE_PER_SERVER	32	/* idle upstream connections kept per server */
+#define CONNECT_MS	5000	/* connect timeout, when backend_timeout is longer */
 #define LOG_BUF		8192
 
 enum cstate {
@@ -78,6 +79,13 @@ enum {
 	F_WAITBUF = 1 << 13,	/* wants a buffer; the pool is empty */
 	F_CSHUT = 1 << 14,	/* shutdown(SHUT_WR) sent to the client */
 	F_USHUT = 1 << 15,	/* shutdown(SHUT_WR) sent upstream */
+	F_SENTANY = 1 << 16,	/* request bytes left rq for the upstream */
+	F_GOTRESP = 1 << 17,	/* response bytes came from the upstream */
+	F_IDEMP = 1 << 18,	/* idempotent method: may be sent twice */
+	F_CHUP = 1 << 19,	/* poll said POLLHUP on the client */
+	F_UHUP = 1 << 20,	/* poll said POLLHUP/POLLERR on the upstream */
+	F_UERR = 1 << 21,	/* upstream refused our bytes: send no more */
+	F_DEFER = 1 << 22,	/* queued to parse a pipelined head */
 };
 
 /* Bytes d[off..len) are unconsumed; d is NULL while the buffer is not lent. */
@@ -96,6 +104,7 @@ struct conn {
 	int cfd, ufd;		/* -1 when closed */
 	int cslot, uslot;	/* pollfd slots, -1 when none */
 	uint32_t gen;		/* bumped on reuse: stale events are dropped */
+	uint32_t ugen;		/* the same for each upstream connection */
 	uint8_t cstate, ustate;
 	uint8_t qmode, rmode;	/* request / response body framing */
 	uint8_t minor;		/* client's HTTP/1.<minor> */
@@ -105,11 +114,13 @@ struct conn {
 	uint32_t qsent;		/* of those, sent but held (F_HOLD) */
 	uint32_t rfwd;		/* bytes at rs.off that belong to the client */
 	uint64_t qleft, rleft;	/* M_LEN bytes still to come */
-	uint64_t qbody;		/* request body bytes seen (max_body) */
 	struct http_chunk qch, rch;
 	const char *lit;	/* literal output (100 Continue, error page) */
 	uint32_t litlen;
 	struct server *srv;
+	uint8_t tries;		/* servers that failed this request */
+	int16_t route;		/* the route of the request in flight */
+	uint32_t host_hash;	/* of its Host (strip_prefix Location) */
 	int64_t tstart;		/* when the current state began (ms) */
 	int64_t tprog;		/* last progress on either side (ms) */
 	union addr peer;
@@ -123,8 +134,10 @@ struct idle {
 	int64_t since;
 };
 
-/* pollfd owners: index * 4 + kind */
-enum { O_LISTEN, O_CLIENT, O_UP, O_IDLE };
+/* pollfd owners are index * 8 + kind (O_* in proxy.h). */
+#define OWN(idx, kind)	((idx) * 8 + (kind))
+#define OWN_KIND(o)	((o) & 7)
+#define OWN_IDX(o)	((o) / 8)
 
 static struct config cfg;
 static const char *conf_path = "/etc/proxy.ini";
@@ -139,6 +152,9 @@ static int *owner;
 static int npfd;
 static int *listen_fd;
 static int nlisten;
+static int *deferq, ndefer;	/* sessions with a pipelined head to parse */
+static struct server **servers;	/* every backend's servers, flat */
+static int nservers;
 
 static char *pool_mem, **pool;
 static int pool_free, pool_waiters;
@@ -149,6 +165,18 @@ static char *pathbuf;		/* normalised path */
 static struct http_msg msg;
 
 static int64_t now;
+
+/* Counters for the status page. */
+static struct {
+	int64_t start;
+	uint64_t accepted, requests;
+	uint64_t classes[5];	/* responses sent: 1xx .. 5xx */
+} stats;
+
+/* What reserve() set aside, for the log and the status page. */
+static struct {
+	size_t conns, buffers, other;
+} mem;
 static volatile sig_atomic_t sig_term, sig_hup, sig_usr1;
 static int draining;
 static int64_t drain_deadline;
@@ -178,7 +206,7 @@ log_flush(void)
 	loglen = 0;
 }
 
-static void __attribute__((format(printf, 2, 3)))
+void
 logmsg(int prio, const char *fmt, ...)
 {
 	static const char *names[] = { "emerg", "alert", "crit", "error",
@@ -249,40 +277,68 @@ mono_ms(void)
 
 /* -------------------------------------------------------- buffer pool */
 
-static char *
-pool_get(void)
+/*
+ * A session holding a request buffer but no response buffer will want
+ * one more. A request buffer is lent only while the pool can still pay
+ * every such debt: otherwise N requests in flight could hold all N
+ * buffers and wait forever for the response buffers they need.
+ */
+static int debts;
+
+static int
+owes(const struct conn *c)
 {
-	if (pool_free == 0)
-		return NULL;
-	return pool[--pool_free];
+	return c->rq.d != NULL && c->rs.d == NULL;
+}
+
+/* Buffers b could be lent now (it must be one of c's). */
+static int
+buf_available(const struct conn *c, const struct buf *b)
+{
+	if (b == &c->rq && c->rs.d == NULL)
+		return pool_free >= debts + 2;
+	return pool_free >= 1;
 }
 
 static void
-buf_release(struct buf *b)
+buf_wait(struct conn *c)
 {
+	if (!(c->flags & F_WAITBUF)) {
+		c->flags |= F_WAITBUF;
+		pool_waiters++;
+	}
+}
+
+/* Return c's buffer b to the pool. */
+static void
+buf_put(struct conn *c, struct buf *b)
+{
+	int before = owes(c);
+
 	if (b->d == NULL)
 		return;
 	pool[pool_free++] = b->d;
 	b->d = NULL;
 	b->off = b->len = 0;
+	debts += owes(c) - before;
 }
 
-/* Lend a buffer if none is held; 0 when the pool is empty (the caller
- * then simply does not read: backpressure, not failure). */
+/* Lend c a buffer b if none is held; 0 when none may be lent now (the
+ * caller then simply does not read: backpressure, not failure). */
 static int
 buf_want(struct conn *c, struct buf *b)
 {
+	int before = owes(c);
+
 	if (b->d != NULL)
 		return 1;
-	b->d = pool_get();
-	b->off = b->len = 0;
-	if (b->d == NULL) {
-		if (!(c->flags & F_WAITBUF)) {
-			c->flags |= F_WAITBUF;
-			pool_waiters++;
-		}
+	if (!buf_available(c, b)) {
+		buf_wait(c);
 		return 0;
 	}
+	b->d = pool[--pool_free];
+	b->off = b->len = 0;
+	debts += owes(c) - before;
 	return 1;
 }
 
@@ -300,38 +356,59 @@ buf_compact(struct buf *b)
 
 /* ------------------------------------------------------- pollfd slots */
 
-static int
-slot_add(int fd, int kind, int idx)
+int
+loop_watch(int fd, int kind, int idx)
 {
 	pfd[npfd].fd = fd;
 	pfd[npfd].events = 0;
 	pfd[npfd].revents = 0;
-	owner[npfd] = idx * 4 + kind;
+	owner[npfd] = OWN(idx, kind);
 	return npfd++;
 }
 
-static void
-slot_del(int slot)
+/* The last slot moves into the freed one; its owner learns its new slot. */
+void
+loop_unwatch(int slot)
 {
 	int last = --npfd, o, idx;
 
-	if (slot != last) {
-		pfd[slot] = pfd[last];
-		owner[slot] = owner[last];
-		o = owner[slot];
-		idx = o / 4;
-		switch (o & 3) {
-		case O_CLIENT:
-			conns[idx].cslot = slot;
-			break;
-		case O_UP:
-			conns[idx].uslot = slot;
-			break;
-		case O_IDLE:
-			idles[idx].slot = slot;
-			break;
-		}
+	if (slot == last)
+		return;
+	pfd[slot] = pfd[last];
+	owner[slot] = owner[last];
+	o = owner[slot];
+	idx = OWN_IDX(o);
+	switch (OWN_KIND(o)) {
+	case O_CLIENT:
+		conns[idx].cslot = slot;
+		break;
+	case O_UP:
+		conns[idx].uslot = slot;
+		break;
+	case O_IDLE:
+		idles[idx].slot = slot;
+		break;
+	case O_CHECK:
+		servers[idx]->hc.slot = slot;
+		break;
 	}
+}
+
+void
+loop_events(int slot, short events)
+{
+	pfd[slot].events = events;
+}
+
+int
+loop_server_index(const struct server *s)
+{
+	int i;
+
+	for (i = 0; i < nservers; i++)
+		if (servers[i] == s)
+			return i;
+	return -1;
 }
 
 /* ----------------------------------------------------- idle upstreams */
@@ -339,7 +416,7 @@ slot_del(int slot)
 static void
 idle_close(struct idle *e)
 {
-	slot_del(e->slot);
+	loop_unwatch(e->slot);
 	close(e->fd);
 	e->srv->idle--;
 	e->fd = -1;
@@ -360,7 +437,7 @@ idle_put(struct server *s, int fd)
 			e->fd = fd;
 			e->srv = s;
 			e->since = now;
-			e->slot = slot_add(fd, O_IDLE, i);
+			e->slot = loop_watch(fd, O_IDLE, i);
 			/* Any event on an idle upstream (data, EOF) ends it. */
 			pfd[e->slot].events = POLLIN;
 			s->idle++;
@@ -370,28 +447,39 @@ idle_put(struct server *s, int fd)
 	close(fd);
 }
 
-/* Newest first: the most recently used connection is the least likely
- * to have been closed by the backend's own idle timer. */
+/*
+ * Newest first: the most recently used connection is the least likely
+ * to have been closed by the backend's own idle timer. One that has
+ * anything to read (late bytes of an earlier response, or its close) is
+ * not used: those bytes must never reach another client.
+ */
 static int
 idle_take(struct server *s)
 {
-	struct idle *best = NULL;
+	struct idle *best;
+	char b;
 	int i, fd;
 
-	if (s->idle == 0)
-		return -1;
-	for (i = 0; i < nidles; i++)
-		if (idles[i].fd != -1 && idles[i].srv == s &&
-		    (best == NULL || idles[i].since > best->since))
-			best = &idles[i];
-	if (best == NULL)
-		return -1;
-	fd = best->fd;
-	slot_del(best->slot);
-	best->fd = -1;
-	best->gen++;
-	s->idle--;
-	return fd;
+	while (s->idle > 0) {
+		best = NULL;
+		for (i = 0; i < nidles; i++)
+			if (idles[i].fd != -1 && idles[i].srv == s &&
+			    (best == NULL || idles[i].since > best->since))
+				best = &idles[i];
+		if (best == NULL)
+			return -1;
+		fd = best->fd;
+		if (recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) == -1 &&
+		    (errno == EAGAIN || errno == EWOULDBLOCK)) {
+			loop_unwatch(best->slot);
+			best->fd = -1;
+			best->gen++;
+			s->idle--;
+			return fd;
+		}
+		idle_close(best);
+	}
+	return -1;
 }
 
 /* ------------------------------------------------------ session setup */
@@ -400,6 +488,8 @@ static void conn_update(struct conn *c);
 static void client_flush(struct conn *c);
 static void up_flush(struct conn *c);
 static void head_step(struct conn *c);
+static void status_request(struct conn *c);
+static void listeners_pause(int pause);
 static void resp_absorb(struct conn *c);
 static void up_eof(struct conn *c);
 
@@ -408,11 +498,13 @@ up_close(struct conn *c)
 {
 	if (c->ufd == -1)
 		return;
-	slot_del(c->uslot);
+	c->srv->active--;
+	loop_unwatch(c->uslot);
 	close(c->ufd);
 	c->ufd = -1;
 	c->uslot = -1;
-	c->flags &= ~(F_UBLOCK | F_USHUT | F_UEOF);
+	c->ugen++;
+	c->flags &= ~(F_UBLOCK | F_USHUT | F_UEOF | F_UHUP | F_UERR);
 }
 
 static void
@@ -420,18 +512,18 @@ conn_close(struct conn *c)
 {
 	up_close(c);
 	if (c->cfd != -1) {
-		slot_del(c->cslot);
+		loop_unwatch(c->cslot);
 		close(c->cfd);
 	}
-	buf_release(&c->rq);
-	buf_release(&c->rs);
+	buf_put(c, &c->rq);
+	buf_put(c, &c->rs);
 	if (c->flags & F_WAITBUF)
 		pool_waiters--;
 	c->cfd = -1;
 	c->cslot = -1;
 	c->cstate = C_FREE;
 	c->ustate = U_NONE;
-	c->flags = 0;
+	c->flags &= F_DEFER;	/* it may still sit in deferq */
 	c->gen++;
 	free_conns[nfree_conns++] = (int)(c - conns);
 	nactive--;
@@ -443,11 +535,13 @@ exchange_reset(struct conn *c)
 {
 	c->qmode = c->rmode = M_NONE;
 	c->qfwd = c->qsent = c->rfwd = 0;
-	c->qleft = c->rleft = c->qbody = 0;
+	c->qleft = c->rleft = 0;
 	c->lit = NULL;
 	c->litlen = 0;
 	c->srv = NULL;
-	c->flags &= F_TRUSTED | F_CBLOCK | F_WAITBUF | F_CEOF;
+	c->tries = 0;
+	c->flags &= F_TRUSTED | F_CBLOCK | F_WAITBUF | F_CEOF | F_CHUP |
+	    F_DEFER;
 }
 
 /*
@@ -470,8 +564,8 @@ client_finish(struct conn *c)
 	}
 	shutdown(c->cfd, SHUT_WR);
 	c->flags |= F_CSHUT;
-	buf_release(&c->rq);
-	buf_release(&c->rs);
+	buf_put(c, &c->rq);
+	buf_put(c, &c->rs);
 	c->cstate = C_LINGER;
 	c->tstart = now;
 }
@@ -491,7 +585,8 @@ send_error(struct conn *c, int code)
 	if (code >= 500)
 		logmsg(LOG_WARNING, "%d for %s", code,
 		    c->srv ? c->srv->name : "client");
-	buf_release(&c->rs);
+	stats.classes[code / 100 - 1]++;
+	buf_put(c, &c->rs);
 	c->rfwd = 0;
 	{
 		size_t len;
@@ -507,14 +602,27 @@ send_error(struct conn *c, int code)
 
 /* ---------------------------------------------------------- upstream */
 
-static void
-up_connect(struct conn *c)
+/* Still relaying (not closing, not closed)? */
+static int
+in_exchange(const struct conn *c)
+{
+	return c->cstate == C_BODY || c->cstate == C_SENT;
+}
+
+
+/*
+ * Attach an upstream connection to c->srv: an idle pooled one unless
+ * fresh, else a non-blocking connect. -1 when the connect failed at once
+ * (the server's fault), -2 on a local failure.
+ */
+static int
+up_connect(struct conn *c, int fresh)
 {
 	struct server *s = c->srv;
 	int fd, one = 1;
 
-	c->flags &= ~(F_REUSED | F_HOLD);
-	fd = idle_take(s);
+	c->flags &= ~F_REUSED;
+	fd = fresh ? -1 : idle_take(s);
 	if (fd != -1) {
 		c->flags |= F_REUSED;
 		c->ustate = U_HEAD;
@@ -524,8 +632,7 @@ up_connect(struct conn *c)
 	    SOCK_CLOEXEC, 0);
 	if (fd == -1) {
 		logmsg(LOG_ERR, "socket: %s", strerror(errno));
-		send_error(c, 502);
-		return;
+		return -2;
 	}
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	if (connect(fd, (struct sockaddr *)&s->sa, s->salen) == 0) {
@@ -533,17 +640,96 @@ up_connect(struct conn *c)
 	} else if (errno == EINPROGRESS) {
 		c->ustate = U_CONNECT;
 	} else {
-		logmsg(LOG_ERR, "connect %s: %s", s->name, strerror(errno));
+		int err = errno;
+
+		logmsg(LOG_WARNING, "connect %s: %s", s->name, strerror(err));
 		close(fd);
-		s->failures++;
-		send_error(c, 502);
-		return;
+		/* Out of ports or descriptors is our trouble, not the
+		 * server's: do not take it out of rotation for that. */
+		return err == EADDRNOTAVAIL || err == EAGAIN ||
+		    err == ENOBUFS || err == ENOMEM ? -2 : -1;
 	}
 attached:
 	s->requests++;
+	s->active++;
 	c->ufd = fd;
-	c->uslot = slot_add(fd, O_UP, (int)(c - conns));
+	c->uslot = loop_watch(fd, O_UP, (int)(c - conns));
 	c->tprog = now;
+	return 0;
+}
+
+/* Connect, moving on to the next server in rotation while connects fail
+ * at once; 502 when none is left. */
+static void
+up_start(struct conn *c, int fresh)
+{
+	int r;
+
+	while ((r = up_connect(c, fresh)) != 0) {
+		if (r == -2) {
+			send_error(c, 502);	/* our fault, not the server's */
+			return;
+		}
+		bal_fail(c->srv, now);
+		fresh = 0;
+		if (++c->tries >= c->srv->b->nsrv ||
+		    (c->srv = bal_pick(c->srv->b, now)) == NULL) {
+			send_error(c, 502);
+			return;
+		}
+	}
+}
+
+/*
+ * May the request go to another connection? Only while the client got
+ * no response byte and the request is still whole: held in rq (F_HOLD),
+ * or not a byte of it sent yet. Once sent, only idempotent requests
+ * (RFC 9110 9.2.2) are repeated, or any request on a reused connection
+ * the backend had closed (it never read it).
+ */
+static int
+up_replayable(const struct conn *c)
+{
+	if (c->flags & (F_RSTARTED | F_GOTRESP))
+		return 0;
+	if (!(c->flags & F_SENTANY))
+		return 1;
+	return (c->flags & F_HOLD) && (c->flags & F_IDEMP);
+}
+
+/*
+ * The upstream failed before answering: a refused or timed-out connect
+ * (connect_failed), or a close or reset before any response byte. Send
+ * the request again: on a fresh connection to the same server when a
+ * pooled connection had gone stale, else to the next server. Only a
+ * failed connect takes a server out of rotation: a request that makes
+ * backends drop it (a "query of death") must not mark them all down.
+ * Returns 0 when it cannot be retried (the caller answers the client).
+ */
+static int
+up_retry(struct conn *c, int connect_failed)
+{
+	int stale = (c->flags & F_REUSED) != 0 && !connect_failed;
+
+	if (!up_replayable(c))
+		return 0;
+	up_close(c);
+	c->qsent = 0;
+	c->flags &= ~(F_SENTANY | F_UBLOCK);
+	if (!stale) {
+		if (connect_failed)
+			bal_fail(c->srv, now);
+		else
+			c->srv->failures++;
+		if (++c->tries >= c->srv->b->nsrv ||
+		    (c->srv = bal_pick(c->srv->b, now)) == NULL)
+			return 0;
+		logmsg(LOG_INFO, "retrying on %s", c->srv->name);
+	}
+	up_start(c, stale);
+	if (in_exchange(c))
+		up_flush(c);
+	return 1;
 }
 
 static void
@@ -557,67 +743,41 @@ up_connected(struct conn *c)
 	if (err == EINPROGRESS || err == EALREADY)
 		return;
 	if (err != 0) {
-		logmsg(LOG_ERR, "connect %s: %s", c->srv->name, strerror(err));
-		c->srv->failures++;
-		send_error(c, 502);
+		logmsg(LOG_WARNING, "connect %s: %s", c->srv->name,
+		    strerror(err));
+		if (!up_retry(c, 1))
+			send_error(c, 502);
 		return;
 	}
 	c->ustate = U_HEAD;
 	c->tprog = now;
 }
 
-/* The request is sent and held: once a response byte arrives it can no
- * longer be replayed, so its bytes are released. */
+/* Bytes left rq. Once a finished request has all gone upstream, its
+ * buffer goes back to the pool while the response is awaited. */
+static void
+rq_consumed(struct conn *c)
+{
+	if (c->rq.off != c->rq.len)
+		return;
+	c->rq.off = c->rq.len = 0;
+	if (c->cstate == C_SENT && !(c->flags & F_HOLD))
+		buf_put(c, &c->rq);
+}
+
+/* A response byte arrived: the request can no longer be replayed, so
+ * held bytes are released. */
 static void
 hold_release(struct conn *c)
 {
+	c->flags |= F_GOTRESP;
 	if (!(c->flags & F_HOLD))
 		return;
 	c->rq.off += c->qsent;
 	c->qfwd -= c->qsent;
 	c->qsent = 0;
 	c->flags &= ~F_HOLD;
-	if (c->rq.off == c->rq.len)
-		c->rq.off = c->rq.len = 0;
-}
-
-/*
- * A reused idle connection failed before any response byte: the backend
- * had closed it while it sat in the pool. The whole request is still held
- * in rq, so send it again on a fresh connection.
- */
-static int
-up_replay(struct conn *c)
-{
-	if (!(c->flags & F_HOLD) || (c->flags & F_RSTARTED) ||
-	    c->rs.len != 0)
-		return 0;
-	up_close(c);
-	c->qsent = 0;
-	c->flags &= ~F_HOLD;
-	{
-		struct server *s = c->srv;
-		int fd, one = 1;
-
-		fd = socket(s->sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK |
-		    SOCK_CLOEXEC, 0);
-		if (fd == -1)
-			return 0;
-		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-		if (connect(fd, (struct sockaddr *)&s->sa, s->salen) == 0)
-			c->ustate = U_HEAD;
-		else if (errno == EINPROGRESS)
-			c->ustate = U_CONNECT;
-		else {
-			close(fd);
-			return 0;
-		}
-		c->flags &= ~F_REUSED;
-		c->ufd = fd;
-		c->uslot = slot_add(fd, O_UP, (int)(c - conns));
-		c->tprog = now;
-	}
-	return 1;
+	rq_consumed(c);
 }
 
 static void
@@ -627,7 +787,7 @@ up_flush(struct conn *c)
 	uint32_t pend;
 
 	if (c->ufd == -1 || c->ustate == U_CONNECT || c->ustate == U_DONE ||
-	    (c->flags & F_UBLOCK))
+	    (c->flags & (F_UBLOCK | F_UERR)))
 		return;
 	pend = c->qfwd - c->qsent;
 	if (pend > 0) {
@@ -638,18 +798,19 @@ up_flush(struct conn *c)
 				c->flags |= F_UBLOCK;
 				return;
 			}
-			/* The read side sees the error too and decides. */
-			c->flags |= F_UBLOCK;
+			/* The backend is gone or stopped reading: send no
+			 * more. Its answer (or EOF) is still read. */
+			c->flags |= F_UERR;
 			return;
 		}
 		c->tprog = now;
+		c->flags |= F_SENTANY;
 		if (c->flags & F_HOLD) {
 			c->qsent += n;
 		} else {
 			c->rq.off += n;
 			c->qfwd -= n;
-			if (c->rq.off == c->rq.len)
-				c->rq.off = c->rq.len = 0;
+			rq_consumed(c);
 		}
 		pend -= n;
 	}
@@ -658,6 +819,8 @@ up_flush(struct conn *c)
 	    !(c->flags & F_USHUT)) {
 		shutdown(c->ufd, SHUT_WR);
 		c->flags |= F_USHUT;
+		if (c->flags & F_UEOF)
+			up_close(c);	/* both ways done */
 	}
 }
 
@@ -670,6 +833,14 @@ resp_done(struct conn *c)
 	int reuse = (c->flags & F_UKEEP) && c->cstate == C_SENT &&
 	    c->qfwd == 0 && !draining;
 
+	/* Request bytes the backend answered without reading: drop them,
+	 * or they would be parsed as the client's next request. */
+	if (c->cstate == C_SENT && c->qfwd > 0) {
+		hold_release(c);
+		c->rq.off += c->qfwd;
+		c->qfwd = 0;
+		rq_consumed(c);
+	}
 	/* Extra bytes after the response: the backend broke framing, so
 	 * its connection is not trusted again. */
 	if (c->rs.len > c->rs.off + c->rfwd) {
@@ -677,14 +848,16 @@ resp_done(struct conn *c)
 		reuse = 0;
 	}
 	if (c->ufd != -1) {
-		slot_del(c->uslot);
+		c->srv->active--;
+		loop_unwatch(c->uslot);
 		if (reuse)
 			idle_put(c->srv, c->ufd);
 		else
 			close(c->ufd);
 		c->ufd = -1;
 		c->uslot = -1;
-		c->flags &= ~(F_UBLOCK | F_USHUT);
+		c->ugen++;
+		c->flags &= ~(F_UBLOCK | F_USHUT | F_UHUP | F_UERR);
 	}
 	/* An early response (the request body still coming) ends the
 	 * client connection: we cannot know the backend skipped the rest. */
@@ -698,12 +871,22 @@ resp_done(struct conn *c)
 static int
 resp_rewrite(struct conn *c, uint32_t pos, int close)
 {
+	const struct route *rt = &cfg.routes[c->route];
 	struct buf *b = &c->rs;
 	uint32_t tail = b->len - pos - msg.head_len;
+	struct http_rsp o;
 	int n;
 
-	n = http_write_response(scratch, bufsz, &msg, close, c->minor,
-	    cfg.hide_headers);
+	memset(&o, 0, sizeof(o));
+	o.close = close;
+	o.client_minor = c->minor;
+	o.hide = cfg.hide_headers;
+	if (rt->strip_prefix && rt->path != NULL) {
+		o.prefix = rt->path;
+		o.host_hash = c->host_hash;
+		o.server = c->srv->name;
+	}
+	n = http_write_response(scratch, bufsz, &msg, &o);
 	if (n < 0 || pos + n + tail > bufsz)
 		return -1;
 	memmove(b->d + pos + n, b->d + pos + msg.head_len, tail);
@@ -751,12 +934,15 @@ resp_head(struct conn *c)
 				send_error(c, 502);
 				return;
 			}
+			stats.classes[0]++;
 			/* Everything after the 101 is tunnel data. */
 			c->rfwd = b->len;
 			c->qfwd = c->rq.len - c->rq.off;
 			c->cstate = C_TUNNEL;
 			c->ustate = U_TUNNEL;
 			c->flags |= F_RSTARTED;
+			if (c->flags & F_CEOF)
+				up_flush(c);	/* pass the half-close on */
 			return;
 		}
 		if (msg.status < 200) {
@@ -800,8 +986,11 @@ resp_head(struct conn *c)
 		c->flags |= F_UKEEP;
 	else
 		c->flags &= ~F_UKEEP;
+	/* A client that half-closed gets the answers to what it sent
+	 * (pipelined requests included), then the connection ends. */
 	close = !(c->flags & F_KEEP) || c->rmode == M_EOF || draining ||
-	    (c->flags & F_CEOF) || c->cstate != C_SENT;
+	    ((c->flags & F_CEOF) && c->rq.len == c->rq.off + c->qfwd) ||
+	    c->cstate != C_SENT;
 	if (close)
 		c->flags |= F_CLOSE;
 	n = resp_rewrite(c, pos, close);
@@ -809,6 +998,7 @@ resp_head(struct conn *c)
 		send_error(c, 502);
 		return;
 	}
+	stats.classes[msg.status / 100 - 1]++;
 	c->rfwd += n;
 	c->flags |= F_RSTARTED;
 	c->ustate = U_BODY;
@@ -865,7 +1055,7 @@ static void
 client_next(struct conn *c)
 {
 	exchange_reset(c);
-	buf_release(&c->rs);
+	buf_put(c, &c->rs);
 	c->ustate = U_NONE;
 	if (draining && c->rq.len == c->rq.off) {
 		conn_close(c);
@@ -873,8 +1063,14 @@ client_next(struct conn *c)
 	}
 	c->tstart = c->tprog = now;
 	if (c->rq.d != NULL && c->rq.len > c->rq.off) {
-		c->cstate = C_HEAD;	/* a pipelined request is waiting */
-		head_step(c);
+		/* A pipelined request is waiting. It is parsed after this
+		 * turn's events, not here: a buffer of pipelined requests the
+		 * proxy answers itself would otherwise recurse per request. */
+		c->cstate = C_HEAD;
+		if (!(c->flags & F_DEFER)) {
+			c->flags |= F_DEFER;
+			deferq[ndefer++] = (int)(c - conns);
+		}
 		return;
 	}
 	if (c->flags & F_CEOF) {
@@ -882,7 +1078,7 @@ client_next(struct conn *c)
 		return;
 	}
 	c->cstate = C_IDLE;
-	buf_release(&c->rq);
+	buf_put(c, &c->rq);
 }
 
 /* Write what is pending to the client: a literal, then rs. */
@@ -944,13 +1140,6 @@ client_flush(struct conn *c)
 	}
 }
 
-/* Still relaying (not closing, not closed)? */
-static int
-in_exchange(const struct conn *c)
-{
-	return c->cstate == C_BODY || c->cstate == C_SENT;
-}
-
 /* Claim request body bytes that arrived after qfwd for the upstream. */
 static void
 req_absorb(struct conn *c)
@@ -979,8 +1168,7 @@ req_absorb(struct conn *c)
 			return;
 		}
 		c->qfwd += (uint32_t)n;
-		c->qbody += (uint64_t)n;
-		if (cfg.max_body > 0 && c->qbody > cfg.max_body + 32) {
+		if (cfg.max_body > 0 && c->qch.data > cfg.max_body) {
 			send_error(c, 413);
 			return;
 		}
@@ -991,6 +1179,60 @@ req_absorb(struct conn *c)
 		c->cstate = C_SENT;
 		return;
 	}
+}
+
+/*
+ * strip_prefix: forward /app/x as /x. The route matched the normalised
+ * path (pathbuf, n bytes); the raw target usually starts with the prefix
+ * as written, and then only the prefix is cut from it, keeping the rest
+ * byte for byte. An encoded spelling of the prefix (/%61pp/x) is cut from
+ * the normalised path instead, with the raw query kept.
+ */
+static void
+strip_prefix(const struct route *rt, int n)
+{
+	size_t plen = rt->pathlen;
+	const char *q;
+	uint32_t qlen;
+
+	if (plen > 0 && rt->path[plen - 1] == '/')
+		plen--;		/* keep the slash that starts the rest */
+	if (msg.path.n >= plen && memcmp(msg.path.p, rt->path, plen) == 0) {
+		msg.path.p += plen;
+		msg.path.n -= (uint32_t)plen;
+	} else {
+		q = memchr(msg.path.p, '?', msg.path.n);
+		qlen = q ? (uint32_t)(msg.path.p + msg.path.n - q) : 0;
+		if ((size_t)n - plen + qlen >= bufsz)
+			return;
+		memmove(pathbuf, pathbuf + plen, (size_t)n - plen);
+		if (qlen > 0)
+			memcpy(pathbuf + n - plen, q, qlen);
+		msg.path.p = pathbuf;
+		msg.path.n = (uint32_t)(n - plen) + qlen;
+	}
+	/* "/app" itself, or "/app?x", becomes "/" and "/?x". */
+	if ((msg.path.n == 0 || msg.path.p[0] != '/') &&
+	    msg.path.n + 1 < bufsz) {
+		memmove(pathbuf + 1, msg.path.p, msg.path.n);
+		pathbuf[0] = '/';
+		msg.path.p = pathbuf;
+		msg.path.n++;
+	}
+}
+
+/* RFC 9110 9.2.2: safe methods, PUT and DELETE may be repeated. */
+static int
+is_idempotent(struct slice m)
+{
+	static const char *const names[] = { "GET", "HEAD", "OPTIONS",
+	    "TRACE", "PUT", "DELETE", NULL };
+	int i;
+
+	for (i = 0; names[i] != NULL; i++)
+		if (m.n == strlen(names[i]) && memcmp(m.p, names[i], m.n) == 0)
+			return 1;
+	return 0;
 }
 
 static const char *
@@ -1017,6 +1259,7 @@ req_start(struct conn *c)
 	uint32_t tail;
 	int r, n;
 
+	stats.requests++;
 	c->minor = (uint8_t)msg.minor;
 	if (msg.minor == 1 ? !(msg.flags & HF_CLOSE) :
 	    (msg.flags & HF_KEEPALIVE) != 0)
@@ -1026,10 +1269,21 @@ req_start(struct conn *c)
 	if (msg.flags & HF_UPGRADE)
 		c->flags |= F_UPGRADE;
 
-	/* Route and ACL decisions see the normalised path (DESIGN.md). */
-	n = http_normalize_path(msg.path.p, msg.path.n, pathbuf, bufsz);
+	/* Route and ACL decisions see the normalised path (DESIGN.md).
+	 * "OPTIONS *" asks about the server: only a route for any path
+	 * matches it. */
+	if (msg.path.n == 1 && msg.path.p[0] == '*') {
+		pathbuf[0] = '*';
+		n = 1;
+	} else
+		n = http_normalize_path(msg.path.p, msg.path.n, pathbuf, bufsz);
 	if (n < 0) {
 		send_error(c, -n);
+		return;
+	}
+	if (cfg.status != NULL && (size_t)n == strlen(cfg.status) &&
+	    memcmp(pathbuf, cfg.status, (size_t)n) == 0) {
+		status_request(c);
 		return;
 	}
 	r = bal_route(&cfg, msg.host, pathbuf, (size_t)n);
@@ -1042,10 +1296,17 @@ req_start(struct conn *c)
 		send_error(c, 413);
 		return;
 	}
-	c->srv = bal_pick(&cfg.backends[cfg.routes[r].backend]);
+	c->srv = bal_pick(&cfg.backends[cfg.routes[r].backend], now);
 	if (c->srv == NULL) {
-		send_error(c, 503);
+		send_error(c, 503);	/* every server is down: say so fast */
 		return;
+	}
+	if (is_idempotent(msg.method))
+		c->flags |= F_IDEMP;
+	c->route = (int16_t)r;
+	if (cfg.routes[r].strip_prefix && cfg.routes[r].path != NULL) {
+		c->host_hash = http_host_hash(msg.host.p, msg.host.n);
+		strip_prefix(&cfg.routes[r], n);
 	}
 
 	fwd.client_ip = client_ip(c, ip, sizeof(ip));
@@ -1086,14 +1347,175 @@ req_start(struct conn *c)
 	if (!in_exchange(c))
 		return;
 	c->tprog = now;
-	up_connect(c);
+	/* When the whole request is here, keep it until the response
+	 * starts, so a failed or stale upstream can be given it again. */
+	if (c->cstate == C_SENT)
+		c->flags |= F_HOLD;
+	up_start(c, 0);
 	if (c->ufd == -1)
 		return;
-	/* A reused connection may turn out closed by the backend: keep the
-	 * request (when it is all here) so it can be sent once more. */
-	if ((c->flags & F_REUSED) && c->cstate == C_SENT)
-		c->flags |= F_HOLD;
 	up_flush(c);
+	client_flush(c);
+}
+
+/* ------------------------------------------------------ status page */
+
+/* Bounded appends: a full buffer truncates, it never overflows. */
+struct out {
+	char *p;
+	size_t n, cap;
+};
+
+static void __attribute__((format(printf, 2, 3)))
+out_add(struct out *o, const char *fmt, ...)
+{
+	va_list ap;
+	int n;
+
+	if (o->n >= o->cap)
+		return;
+	va_start(ap, fmt);
+	n = vsnprintf(o->p + o->n, o->cap - o->n, fmt, ap);
+	va_end(ap);
+	if (n < 0)
+		return;
+	o->n += (size_t)n < o->cap - o->n ? (size_t)n : o->cap - o->n - 1;
+}
+
+static const char *
+server_state(struct server *s)
+{
+	if (!bal_available(s, now))
+		return s->hc.fd != -1 ? "checking" : "down";
+	return "up";
+}
+
+/* The figures, as text or JSON, into o. A server list too long for the
+ * buffer ends with a "truncated" mark rather than broken output. */
+static void
+status_body(struct out *o, int json)
+{
+	static const char *cls[] = { "1xx", "2xx", "3xx", "4xx", "5xx" };
+	int64_t up = (now - stats.start) / 1000;
+	int i, j, k;
+
+	if (json)
+		out_add(o, "{\"uptime\":%lld,\"connections\":{\"current\":%d,"
+		    "\"max\":%ld,\"total\":%llu},\"buffers\":{\"free\":%d,"
+		    "\"total\":%ld,\"size\":%u},\"requests\":{\"total\":%llu",
+		    (long long)up, nactive, cfg.max_connections,
+		    (unsigned long long)stats.accepted, pool_free,
+		    cfg.buffers, bufsz, (unsigned long long)stats.requests);
+	else
+		out_add(o, "uptime %llds\nconnections current %d max %ld "
+		    "total %llu\nbuffers free %d of %ld (%u bytes each)\n"
+		    "requests total %llu", (long long)up, nactive,
+		    cfg.max_connections, (unsigned long long)stats.accepted,
+		    pool_free, cfg.buffers, bufsz,
+		    (unsigned long long)stats.requests);
+	for (k = 0; k < 5; k++)
+		out_add(o, json ? ",\"%s\":%llu" : " %s %llu", cls[k],
+		    (unsigned long long)stats.classes[k]);
+	out_add(o, json ? "},\"reserved\":{\"connections\":%zu,\"buffers\":%zu,"
+	    "\"other\":%zu},\"backends\":[" : "\nreserved bytes connections %zu "
+	    "buffers %zu other %zu\n",
+	    mem.conns, mem.buffers, mem.other);
+	for (i = 0; i < cfg.nbackends; i++) {
+		struct backend *b = &cfg.backends[i];
+
+		out_add(o, json ? "%s{\"name\":\"%s\",\"servers\":[" :
+		    "backend %s\n", json ? (i ? "," : "") : b->name,
+		    b->name);
+		for (j = 0; j < b->nsrv; j++) {
+			struct server *s = &b->srv[j];
+
+			if (o->cap - o->n < 256) {
+				out_add(o, json ? "{\"truncated\":true}" :
+				    "  (truncated)\n");
+				break;
+			}
+			out_add(o, json ? "%s{\"address\":\"%s\",\"state\":\"%s\","
+			    "\"weight\":%d,\"active\":%d,\"idle\":%d,"
+			    "\"requests\":%llu,\"failures\":%llu,"
+			    "\"last_check\":%d}" :
+			    "%s server %s state %s weight %d active %d idle %d "
+			    "requests %llu failures %llu last_check %d\n",
+			    json ? (j ? "," : "") : "", s->name,
+			    server_state(s), s->weight, s->active, s->idle,
+			    (unsigned long long)s->requests,
+			    (unsigned long long)s->failures, s->last_check);
+		}
+		if (json)
+			out_add(o, "]}");
+	}
+	if (json)
+		out_add(o, "]}\n");
+}
+
+static int
+wants_json(void)
+{
+	const char *q = memchr(msg.path.p, '?', msg.path.n);
+	int i;
+
+	if (q != NULL && (size_t)(msg.path.p + msg.path.n - q) >= 5 &&
+	    memcmp(q, "?json", 5) == 0)
+		return 1;
+	for (i = 0; i < msg.nh; i++)
+		if (slice_eq(msg.h[i].name, "Accept") &&
+		    memmem(msg.h[i].value.p, msg.h[i].value.n,
+		    "application/json", 16) != NULL)
+			return 1;
+	return 0;
+}
+
+/*
+ * The proxy answers its status page itself, only to status_allow. The
+ * page is built in the response buffer like any response, so it costs no
+ * allocation, and the connection stays alive after it.
+ */
+static void
+status_request(struct conn *c)
+{
+	struct out body, head;
+	int json = wants_json();
+
+	if (!cidr_match(cfg.status_allow, cfg.nstatus_allow, &c->peer.sa)) {
+		send_error(c, 403);
+		return;
+	}
+	if (!buf_want(c, &c->rs)) {
+		send_error(c, 503);
+		return;
+	}
+	/* The body goes to scratch first: the head needs its length. */
+	body.p = scratch;
+	body.n = 0;
+	body.cap = bufsz - 256;
+	status_body(&body, json);
+	head.p = c->rs.d;
+	head.n = 0;
+	head.cap = 256;
+	if ((msg.flags & (HF_CL | HF_CHUNKED)) && !((msg.flags & HF_CL) &&
+	    msg.clen == 0))
+		c->flags |= F_CLOSE;	/* a body we will not read */
+	if (!(c->flags & F_KEEP) || draining)
+		c->flags |= F_CLOSE;
+	out_add(&head, "HTTP/1.1 200 OK\r\nContent-Type: %s\r\n"
+	    "Content-Length: %zu\r\nCache-Control: no-store\r\n%s\r\n",
+	    json ? "application/json" : "text/plain", body.n,
+	    c->flags & F_CLOSE ? "Connection: close\r\n" :
+	    c->minor == 0 ? "Connection: keep-alive\r\n" : "");
+	if (!(c->flags & F_HEADREQ))
+		memcpy(c->rs.d + head.n, body.p, body.n);
+	c->rs.off = 0;
+	c->rs.len = (uint32_t)(head.n + (c->flags & F_HEADREQ ? 0 : body.n));
+	c->rfwd = c->rs.len;
+	c->rq.off += msg.head_len;
+	stats.classes[1]++;
+	c->flags |= F_RSTARTED;
+	c->cstate = C_SENT;
+	c->ustate = U_DONE;
 	client_flush(c);
 }
 
@@ -1172,9 +1594,15 @@ client_read(struct conn *c)
 	case C_IDLE:
 		c->cstate = C_HEAD;
 		c->tstart = now;
-		/* FALLTHROUGH */
+		head_step(c);	/* garbage is refused at its first read */
+		return;
 	case C_HEAD:
-		head_step(c);
+		/* The parser starts over at each call: a head dribbled a
+		 * byte at a time would cost its square. Go on at line ends
+		 * (the end of a head is one) or when the buffer is full. */
+		if (memchr(b->d + b->len - n, '\n', (size_t)n) != NULL ||
+		    b->len >= bufsz - HEAD_SLACK)
+			head_step(c);
 		return;
 	case C_BODY:
 		req_absorb(c);
@@ -1241,13 +1669,12 @@ up_eof(struct conn *c)
 {
 	switch (c->ustate) {
 	case U_HEAD:
-		if (up_replay(c)) {
-			up_flush(c);
+		if (!(c->flags & F_GOTRESP))
+			logmsg(c->flags & F_REUSED ? LOG_INFO : LOG_WARNING,
+			    "%s: closed before a response%s", c->srv->name,
+			    c->flags & F_REUSED ? " (stale keep-alive)" : "");
+		if (up_retry(c, 0))
 			return;
-		}
-		logmsg(LOG_WARNING, "%s: closed before a response",
-		    c->srv->name);
-		c->srv->failures++;
 		send_error(c, 502);
 		return;
 	case U_BODY:
@@ -1263,6 +1690,15 @@ up_eof(struct conn *c)
 		client_flush(c);
 		return;
 	case U_TUNNEL:
+		/* Both ways done, or the backend is gone: close it (a hung-up
+		 * socket would wake every turn); what it had not taken yet
+		 * has nowhere to go. Else it only closed its side. */
+		if (c->flags & (F_USHUT | F_UHUP | F_UERR)) {
+			up_close(c);
+			c->rq.off += c->qfwd;
+			c->qfwd = 0;
+			rq_consumed(c);
+		}
 		c->flags |= F_UEOF;
 		client_flush(c);
 		return;
@@ -1282,12 +1718,9 @@ can_read(struct conn *c, struct buf *b, int head)
 
 	if (b->d != NULL)
 		return b->len < limit || b->off > 0;
-	if (pool_free > 0)
+	if (buf_available(c, b))
 		return 1;
-	if (!(c->flags & F_WAITBUF)) {
-		c->flags |= F_WAITBUF;
-		pool_waiters++;
-	}
+	buf_wait(c);
 	return 0;
 }
 
@@ -1313,6 +1746,18 @@ client_wants_read(struct conn *c)
 	}
 }
 
+/*
+ * poll() reports POLLHUP and POLLERR whatever was asked. A hung-up socket
+ * we cannot act on now (no room to read its last bytes, nothing to send)
+ * would wake every turn: leave it out (a negative fd) until we can.
+ */
+static void
+slot_set(int slot, int fd, short ev, int hup)
+{
+	pfd[slot].events = ev;
+	pfd[slot].fd = hup && ev == 0 ? -1 : fd;
+}
+
 /* Derive both halves' poll interest from the state and the buffers. */
 static void
 conn_update(struct conn *c)
@@ -1321,8 +1766,8 @@ conn_update(struct conn *c)
 
 	if (c->cstate == C_FREE)
 		return;
-	if (c->cstate == C_TUNNEL && (c->flags & F_CEOF) &&
-	    (c->flags & F_UEOF) && c->rfwd == 0 && c->qfwd == 0) {
+	if (c->cstate == C_TUNNEL && (c->flags & F_UEOF) && c->rfwd == 0 &&
+	    (c->ufd == -1 || ((c->flags & F_CEOF) && c->qfwd == 0))) {
 		conn_close(c);
 		return;
 	}
@@ -1330,20 +1775,20 @@ conn_update(struct conn *c)
 		ev |= POLLOUT;
 	if (client_wants_read(c))
 		ev |= POLLIN;
-	pfd[c->cslot].events = ev;
+	slot_set(c->cslot, c->cfd, ev, c->flags & F_CHUP);
 	if (c->ufd == -1)
 		return;
 	ev = 0;
 	if (c->ustate == U_CONNECT) {
 		ev = POLLOUT;
 	} else {
-		if (c->qfwd > c->qsent && !(c->flags & F_USHUT))
+		if (c->qfwd > c->qsent && !(c->flags & (F_USHUT | F_UERR)))
 			ev |= POLLOUT;
 		if (!(c->flags & F_UEOF) &&
 		    can_read(c, &c->rs, c->ustate == U_HEAD))
 			ev |= POLLIN;
 	}
-	pfd[c->uslot].events = ev;
+	slot_set(c->uslot, c->ufd, ev, c->flags & F_UHUP);
 }
 
 /* Is the session waiting on its backend (backend_timeout) rather than
@@ -1375,6 +1820,9 @@ conn_deadline(const struct conn *c)
 	case C_TUNNEL:
 		return c->tprog + cfg.idle_timeout_ms;
 	default:
+		if (c->ustate == U_CONNECT)
+			return c->tprog + (cfg.backend_timeout_ms < CONNECT_MS ?
+			    cfg.backend_timeout_ms : CONNECT_MS);
 		return c->tprog + (waits_on_backend(c) ?
 		    cfg.backend_timeout_ms : cfg.idle_timeout_ms);
 	}
@@ -1389,9 +1837,18 @@ conn_expire(struct conn *c)
 		break;
 	case C_BODY:
 	case C_SENT:
-		if (waits_on_backend(c) && (c->ustate == U_CONNECT ||
-		    c->ustate == U_HEAD) && !(c->flags & F_RSTARTED)) {
-			logmsg(LOG_WARNING, "%s: timed out", c->srv->name);
+		if (c->ustate == U_CONNECT) {
+			/* A server that does not even answer SYNs is down. */
+			logmsg(LOG_WARNING, "connect %s: timed out",
+			    c->srv->name);
+			if (!up_retry(c, 1))
+				send_error(c, 504);
+			break;
+		}
+		if (waits_on_backend(c) && c->ustate == U_HEAD &&
+		    !(c->flags & F_RSTARTED)) {
+			logmsg(LOG_WARNING, "%s: no response in time",
+			    c->srv->name);
 			c->srv->failures++;
 			send_error(c, 504);
 			break;
@@ -1443,6 +1900,11 @@ run_timers(void)
 		if (d < next)
 			next = d;
 	}
+	if (!draining) {
+		d = bal_checks_run(&cfg, now);
+		if (d < next)
+			next = d;
+	}
 	if (draining && drain_deadline < next)
 		next = drain_deadline;
 	return next > now ? (int)(next - now) : 0;
@@ -1472,17 +1934,27 @@ pool_kick(void)
 static void
 client_event(struct conn *c, short rev)
 {
-	if (rev & (POLLOUT | POLLERR | POLLHUP)) {
+	/* A reset client can take nothing more; without this its error
+	 * would be reported on every turn. */
+	if (rev & POLLERR) {
+		conn_close(c);
+		return;
+	}
+	if (rev & POLLHUP)
+		c->flags |= F_CHUP;
+	if (rev & (POLLOUT | POLLHUP)) {
 		c->flags &= ~F_CBLOCK;
 		client_flush(c);
 	}
-	if (c->cstate != C_FREE && (rev & (POLLIN | POLLERR | POLLHUP)))
+	if (c->cstate != C_FREE && (rev & (POLLIN | POLLHUP)))
 		client_read(c);
 }
 
 static void
 up_event(struct conn *c, short rev)
 {
+	if (rev & (POLLHUP | POLLERR))
+		c->flags |= F_UHUP;
 	if (c->ustate == U_CONNECT) {
 		if (rev & (POLLOUT | POLLERR | POLLHUP))
 			up_connected(c);
@@ -1537,8 +2009,16 @@ do_accept(int lfd)
 		alen = sizeof(a);
 		fd = accept4(lfd, &a.sa, &alen, SOCK_NONBLOCK | SOCK_CLOEXEC);
 		if (fd == -1) {
-			if (errno == EMFILE || errno == ENFILE)
-				logmsg(LOG_ERR, "accept: %s", strerror(errno));
+			if (errno == EMFILE || errno == ENFILE) {
+				static int64_t logged;
+
+				if (now - logged >= 1000) {
+					logmsg(LOG_ERR, "accept: %s",
+					    strerror(errno));
+					logged = now;
+				}
+				listeners_pause(1);
+			}
 			return;
 		}
 		if (nfree_conns == 0 && !evict_one()) {
@@ -1548,11 +2028,12 @@ do_accept(int lfd)
 		}
 		c = &conns[free_conns[--nfree_conns]];
 		nactive++;
+		stats.accepted++;
 		c->cfd = fd;
 		c->ufd = -1;
 		c->uslot = -1;
 		c->peer = a;
-		c->flags = 0;
+		c->flags &= F_DEFER;
 		exchange_reset(c);
 		c->ustate = U_NONE;
 		c->cstate = C_IDLE;
@@ -1560,7 +2041,7 @@ do_accept(int lfd)
 		if (cidr_match(cfg.trusted, cfg.ntrusted, &a.sa))
 			c->flags |= F_TRUSTED;
 		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-		c->cslot = slot_add(fd, O_CLIENT, (int)(c - conns));
+		c->cslot = loop_watch(fd, O_CLIENT, (int)(c - conns));
 		conn_update(c);
 	}
 }
@@ -1574,6 +2055,41 @@ struct ready {
 };
 
 static struct ready *ready;
+static int64_t accept_resume;	/* listeners paused (out of fds) until */
+
+/* Parse the pipelined heads queued by client_next. */
+static void
+run_deferred(void)
+{
+	int i, n = ndefer;
+
+	for (i = 0; i < n; i++) {
+		struct conn *c = &conns[deferq[i]];
+
+		c->flags &= ~F_DEFER;
+		if (c->cstate != C_HEAD || c->rq.d == NULL)
+			continue;
+		head_step(c);
+		if (c->cstate != C_FREE)
+			conn_update(c);
+	}
+	/* Those queued meanwhile wait for the next turn. */
+	memmove(deferq, deferq + n, (size_t)(ndefer - n) * sizeof(*deferq));
+	ndefer -= n;
+}
+
+/* Out of descriptors: a listener would be readable on every turn and
+ * accept() fail each time. Leave the listeners out for a moment. */
+static void
+listeners_pause(int pause)
+{
+	int i;
+
+	for (i = 0; i < npfd; i++)
+		if (OWN_KIND(owner[i]) == O_LISTEN)
+			pfd[i].fd = pause ? -1 : listen_fd[OWN_IDX(owner[i])];
+	accept_resume = pause ? now + 100 : 0;
+}
 
 static void
 drain_start(void)
@@ -1585,15 +2101,16 @@ drain_start(void)
 	logmsg(LOG_NOTICE, "stopping: draining %d connections", nactive);
 	/* Stop accepting: new clients are refused by the kernel. */
 	for (i = 0; i < npfd; i++) {
-		if ((owner[i] & 3) == O_LISTEN) {
+		if (OWN_KIND(owner[i]) == O_LISTEN) {
 			close(pfd[i].fd);
-			slot_del((int)i);
+			loop_unwatch((int)i);
 			i--;
 		}
 	}
 	for (i = 0; i < nidles; i++)
 		if (idles[i].fd != -1)
 			idle_close(&idles[i]);
+	bal_checks_stop(&cfg);
 	for (i = 0; i < cfg.max_connections; i++)
 		if (conns[i].cstate == C_IDLE)
 			conn_close(&conns[i]);
@@ -1602,13 +2119,17 @@ drain_start(void)
 static void
 dispatch(const struct ready *r)
 {
-	int idx = r->own / 4;
+	int idx = OWN_IDX(r->own);
 	struct conn *c = &conns[idx];
 
-	switch (r->own & 3) {
+	switch (OWN_KIND(r->own)) {
 	case O_LISTEN:
 		if (!draining)
 			do_accept(listen_fd[idx]);
+		return;
+	case O_CHECK:
+		if (servers[idx]->hc.fd != -1)
+			bal_check_event(servers[idx], r->rev, now);
 		return;
 	case O_IDLE:
 		/* The backend closed an idle connection (or sent junk). */
@@ -1621,7 +2142,7 @@ dispatch(const struct ready *r)
 		client_event(c, r->rev);
 		break;
 	case O_UP:
-		if (c->gen != r->gen || c->ufd == -1)
+		if (c->ugen != r->gen || c->ufd == -1)
 			return;
 		up_event(c, r->rev);
 		break;
@@ -1655,6 +2176,14 @@ loop(void)
 		timeout = run_timers();
 		if (draining && (nactive == 0 || now >= drain_deadline))
 			break;
+		if (accept_resume != 0 && !draining) {
+			if (now >= accept_resume)
+				listeners_pause(0);
+			else if (accept_resume - now < timeout)
+				timeout = (int)(accept_resume - now);
+		}
+		if (ndefer > 0)
+			timeout = 0;
 		pool_kick();
 		log_flush();
 		n = poll(pfd, npfd, timeout);
@@ -1673,13 +2202,25 @@ loop(void)
 				continue;
 			ready[nready].own = o;
 			ready[nready].rev = pfd[i].revents;
-			ready[nready].gen = (o & 3) == O_IDLE ?
-			    idles[o / 4].gen : (o & 3) == O_LISTEN ? 0 :
-			    conns[o / 4].gen;
+			switch (OWN_KIND(o)) {
+			case O_IDLE:
+				ready[nready].gen = idles[OWN_IDX(o)].gen;
+				break;
+			case O_CLIENT:
+				ready[nready].gen = conns[OWN_IDX(o)].gen;
+				break;
+			case O_UP:
+				ready[nready].gen = conns[OWN_IDX(o)].ugen;
+				break;
+			default:
+				ready[nready].gen = 0;
+				break;
+			}
 			nready++;
 		}
 		for (i = 0; i < nready; i++)
 			dispatch(&ready[i]);
+		run_deferred();
 	}
 	if (nactive > 0)
 		logmsg(LOG_WARNING, "stopped with %d connections open",
@@ -1761,23 +2302,34 @@ reserve(void)
 
 	for (i = 0; i < cfg.nbackends; i++)
 		nsrv += cfg.backends[i].nsrv;
+	servers = calloc(nsrv, sizeof(*servers));
+	if (servers == NULL)
+		return -1;
+	for (i = 0; i < cfg.nbackends; i++) {
+		int j;
+
+		for (j = 0; j < cfg.backends[i].nsrv; j++)
+			servers[nservers++] = &cfg.backends[i].srv[j];
+	}
 	bufsz = (uint32_t)cfg.buffer_size;
 	nidles = nsrv * IDLE_PER_SERVER;
 	if (nidles > nconn)
 		nidles = (int)nconn;
-	nslots = nlisten + 2 * nconn + nidles;
+	nslots = nlisten + 2 * nconn + nidles + nsrv;
 	conns = calloc(nconn, sizeof(*conns));
 	free_conns = calloc(nconn, sizeof(*free_conns));
 	idles = calloc(nidles ? nidles : 1, sizeof(*idles));
 	pfd = calloc(nslots, sizeof(*pfd));
 	owner = calloc(nslots, sizeof(*owner));
 	ready = calloc(nslots, sizeof(*ready));
+	deferq = calloc(nconn, sizeof(*deferq));
 	pool = calloc(cfg.buffers, sizeof(*pool));
 	/* Not touched here: pages cost RSS only once a buffer is used. */
 	pool_mem = malloc((size_t)cfg.buffers * bufsz);
 	scratch = malloc(bufsz);
 	pathbuf = malloc(bufsz);
 	if (!conns || !free_conns || !idles || !pfd || !owner || !ready ||
+	    !deferq ||
 	    !pool || !pool_mem || !scratch || !pathbuf)
 		return -1;
 	for (i = 0; i < nconn; i++) {
@@ -1790,10 +2342,16 @@ reserve(void)
 	for (i = 0; i < cfg.buffers; i++)
 		pool[pool_free++] = pool_mem + (size_t)i * bufsz;
 	for (i = 0; i < nlisten; i++)
-		pfd[slot_add(listen_fd[i], O_LISTEN, (int)i)].events = POLLIN;
-	logmsg(LOG_INFO, "reserved: %ld connections (%zu B each), "
-	    "%ld buffers of %u B, %d idle upstream slots",
-	    nconn, sizeof(struct conn), cfg.buffers, bufsz, nidles);
+		pfd[loop_watch(listen_fd[i], O_LISTEN, (int)i)].events = POLLIN;
+	mem.conns = (size_t)nconn * (sizeof(*conns) + sizeof(*free_conns));
+	mem.buffers = (size_t)cfg.buffers * (bufsz + sizeof(*pool));
+	mem.other = (size_t)nidles * sizeof(*idles) + (size_t)nslots *
+	    (sizeof(*pfd) + sizeof(*owner) + sizeof(*ready)) + 2 * bufsz +
+	    (size_t)nsrv * sizeof(*servers);
+	logmsg(LOG_INFO, "reserved %zu KB: %ld connections of %zu B, "
+	    "%ld buffers of %u B, %d idle upstream slots, %ld poll slots",
+	    (mem.conns + mem.buffers + mem.other) / 1024, nconn,
+	    sizeof(struct conn), cfg.buffers, bufsz, nidles, nslots);
 	return 0;
 }
 
@@ -1975,6 +2533,7 @@ main(int argc, char **argv)
 	}
 	signals_init();
 	now = mono_ms();
+	stats.start = now;
 	if (write_pidfile() == -1) {
 		logmsg(LOG_ERR, "pidfile %s: %s", cfg.pidfile, strerror(errno));
 		log_flush();

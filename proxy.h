@@ -84,6 +84,7 @@ struct http_chunk {
 	uint8_t ndig;		/* hex digits seen in this size line */
 	uint16_t linelen;	/* bytes in the current extension/trailer line */
 	uint64_t left;		/* data bytes left in this chunk */
+	uint64_t data;		/* data bytes seen in all (for max_body) */
 };
 
 void http_chunk_init(struct http_chunk *c);
@@ -115,14 +116,30 @@ struct http_fwd {
 int http_write_request(char *out, size_t cap, const struct http_msg *m,
     const struct http_fwd *f);
 
+/* How to write a response head for the client. */
+struct http_rsp {
+	int close;		/* add "Connection: close" */
+	int client_minor;	/* 0: an HTTP/1.0 client (keep-alive said) */
+	const char *hide;	/* space-separated names to drop, or NULL */
+	const char *prefix;	/* strip_prefix route path to put back in
+				   front of Location/Content-Location paths
+				   that point at the backend's root; NULL */
+	uint32_t host_hash;	/* http_host_hash of the request's Host:
+				   absolute URLs to it (or to server) get
+				   the prefix too */
+	const char *server;	/* the backend server's "host:port" */
+	const char *extra;	/* header lines to add ("Name: v\r\n"), NULL */
+};
+
 /*
  * Write the response head for the client: status line, headers minus
- * hop-by-hop ones and those named in hide (space-separated, may be NULL),
- * plus Via and "Connection: close" when close is set (or keep-alive for
- * an HTTP/1.0 client that keeps the connection). Returns length or -1.
+ * hop-by-hop ones and those in o->hide, Location/Content-Location moved
+ * under o->prefix, plus Via, o->extra and "Connection: close" when
+ * o->close (or keep-alive for an HTTP/1.0 client that keeps the
+ * connection). Returns the length or -1 when it does not fit.
  */
 int http_write_response(char *out, size_t cap, const struct http_msg *m,
-    int close, int client_minor, const char *hide);
+    const struct http_rsp *o);
 
 /*
  * Normalise a request path for routing and access control: percent-
@@ -136,6 +153,9 @@ int http_normalize_path(const char *p, size_t n, char *out, size_t cap);
 /* A complete error response for a proxy-produced status; never NULL. */
 const char *http_error_page(int code, size_t *len);
 
+/* A hash of a host name, case-insensitive (FNV-1a), never 0. */
+uint32_t http_host_hash(const char *p, size_t n);
+
 /* Case-insensitive equality of a slice and a C string. */
 int slice_eq(struct slice s, const char *lit);
 
@@ -147,13 +167,34 @@ struct cidr {
 	uint8_t addr[16];
 };
 
+/* Active health check of one server (balance.c), driven by the loop. */
+struct check {
+	int fd;			/* -1: none in flight */
+	int slot;		/* pollfd slot while in flight */
+	uint8_t st;		/* HC_* in balance.c */
+	uint16_t len;		/* bytes of the answer read into buf */
+	int64_t due;		/* next check starts (ms, monotonic) */
+	int64_t deadline;	/* the one in flight gives up */
+	char buf[32];		/* the status line is all we read */
+};
+
 struct server {
 	struct sockaddr_storage sa;
 	socklen_t salen;
 	char *name;		/* "host:port" as configured */
+	char *host;		/* host part: SNI and name checked in its cert */
+	int tls;		/* "tls" flag: HTTPS to this server */
+	struct backend *b;	/* the backend it belongs to */
 	int weight;
 	int cur;		/* smooth weighted round-robin state */
 	int idle;		/* idle upstream connections held */
+	int active;		/* sessions using it now */
+	int64_t down_until;	/* passive failure: out until then (ms) */
+	uint8_t check_down;	/* the last active check failed */
+	uint8_t logged_down;	/* last state logged, to log changes once */
+	int last_check;		/* status of the last check; 0 timeout,
+				   -1 no connection, -2 none yet */
+	struct check hc;
 	uint64_t requests, failures;
 };
 
@@ -162,6 +203,10 @@ struct backend {
 	int line;		/* where it was defined, for messages */
 	struct server *srv;
 	int nsrv;
+	char *health_check;	/* path to GET, NULL: no active checks */
+	char *ca;		/* PEM trust anchors for its tls servers */
+	long health_interval_ms;
+	long fail_timeout_ms;
 };
 
 struct route {
@@ -172,6 +217,28 @@ struct route {
 	char *backend_name;
 	int line;
 	int backend;		/* index into config.backends */
+	int strip_prefix;	/* forward /app/x as /x; rewrite Location */
+};
+
+/* A certificate with its key, chosen by SNI ([cert NAME]) or the default. */
+struct tls_cert {
+	char *name;		/* section name; "tls" for the default */
+	char *cert, *key;	/* PEM file paths */
+	char **hosts;		/* exact names or "*.suffix"; none: default */
+	int nhosts;
+	int line;
+};
+
+struct tls_conf {
+	char **listen;		/* [tls] listen (+); none: no TLS */
+	int nlisten;
+	struct tls_cert *certs;	/* certs[0] is [tls]'s own cert/key */
+	int ncerts;
+	long sessions;		/* resumption cache entries (128) */
+	long connections;	/* TLS engines reserved (64) */
+	int redirect_http;	/* 301 plain requests to https */
+	long hsts;		/* Strict-Transport-Security max-age, 0: off */
+	int compat;		/* ciphers = compat: add CBC suites */
 };
 
 struct config {
@@ -185,10 +252,14 @@ struct config {
 	struct cidr *trusted;
 	int ntrusted;
 	char *hide_headers;	/* space-separated header names */
+	char *status;		/* status page path, NULL: off */
+	struct cidr *status_allow;
+	int nstatus_allow;
 	struct backend *backends;
 	int nbackends;
 	struct route *routes;
 	int nroutes;
+	struct tls_conf tls;	/* [tls] and [cert NAME] sections */
 };
 
 /*
@@ -216,7 +287,84 @@ int cidr_match(const struct cidr *list, int n, const struct sockaddr *sa);
 /* Route a request by host (without port) and normalised path; -1: none. */
 int bal_route(const struct config *c, struct slice host, const char *path,
     size_t pathlen);
-/* Pick the next server of a backend (smooth weighted round-robin). */
-struct server *bal_pick(struct backend *b);
+/* Pick the next available server of a backend (smooth weighted
+ * round-robin over those not marked down); NULL when all are down. */
+struct server *bal_pick(struct backend *b, int64_t now);
+/* Is the server in rotation at time now? */
+int bal_available(struct server *s, int64_t now);
+/* A connect failed or the server reset before answering: out of rotation
+ * for fail_timeout. */
+void bal_fail(struct server *s, int64_t now);
+/* Start due health checks and time out late ones; returns the time of the
+ * next due event. Sockets are registered with loop_watch. */
+int64_t bal_checks_run(struct config *c, int64_t now);
+/* A poll event on a health-check socket. */
+void bal_check_event(struct server *s, short revents, int64_t now);
+/* Close health checks in flight (stop, reload). */
+void bal_checks_stop(struct config *c);
+
+/* ---------------------------------------------------------------- tls.c */
+
+/*
+ * BearSSL behind an interface the loop uses as it uses a socket. An
+ * engine (context + record buffers) comes from a pool reserved by
+ * tls_init; nothing is allocated after it. All I/O is non-blocking.
+ */
+struct tls;
+
+/* Load certificates and keys (checking that each key matches its
+ * certificate), the SNI table, the session cache, the trust anchors of
+ * backends with tls servers, and reserve nserver + nclient engines.
+ * -1 with err set to "FILE: message" naming the offending file. */
+int tls_init(const struct config *c, int nserver, int nclient, char *err,
+    size_t errlen);
+void tls_free(void);
+/* An engine for an accepted client (server side); NULL: pool empty. */
+struct tls *tls_server(void);
+/* An engine for an upstream connection to s (verified against its
+ * backend's ca, server name s->host); NULL: pool empty. */
+struct tls *tls_client(const struct server *s);
+/* Return an engine to its pool. */
+void tls_release(struct tls *t);
+/* Free engines left for tls_server(). */
+int tls_server_free(void);
+/*
+ * Like recv(2)/send(2) on fd, with TLS in between: they move records
+ * between the socket and the engine as far as it goes without blocking.
+ * tls_recv returns plaintext bytes (> 0), 0 at the peer's close (with or
+ * without close_notify), or -1 with errno EAGAIN (nothing yet) or another
+ * errno (a TLS failure: EPROTO; the connection is dead). tls_send returns
+ * bytes of src taken (> 0), or -1 with errno EAGAIN or an error.
+ */
+ssize_t tls_recv(struct tls *t, int fd, void *dst, size_t cap);
+ssize_t tls_send(struct tls *t, int fd, const void *src, size_t n);
+/* Push buffered records out (after tls_send, before close); -1 EAGAIN. */
+int tls_flush(struct tls *t, int fd);
+/* Send close_notify (best effort, non-blocking). */
+void tls_close(struct tls *t, int fd);
+/* Poll events the engine itself needs on fd now, whatever the caller
+ * wants: POLLOUT while records wait to be sent, POLLIN while a handshake
+ * waits for the peer. */
+short tls_events(const struct tls *t);
+/* The handshake finished. */
+int tls_ready(const struct tls *t);
+/* Server name the client asked for (SNI), "" when none. */
+const char *tls_sni(const struct tls *t);
+/* Bytes of memory one engine reserves (for logs and the README). */
+size_t tls_engine_size(void);
+
+/* -------------------------------------------------------------- proxy.c */
+
+/* Owner kinds of pollfd slots. */
+enum { O_LISTEN, O_CLIENT, O_UP, O_IDLE, O_CHECK };
+/* Register fd with the loop; returns its slot. idx identifies the owner
+ * (for O_CHECK: the server's index in loop_servers). */
+int loop_watch(int fd, int kind, int idx);
+void loop_unwatch(int slot);
+void loop_events(int slot, short events);
+/* The server's index for loop_watch(O_CHECK). */
+int loop_server_index(const struct server *s);
+void logmsg(int prio, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 
 #endif

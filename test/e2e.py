@@ -11,7 +11,7 @@ FILTER selects the tests whose name contains it. Prints `ok NAME` or
 
 Environment: PROXY_BIN (default test/proxy-san) is the binary under test;
 ./proxy (the plain build) is used where the sanitizers would distort a
-measurement: the RSS bound during the 100 MB transfers (tests *_plain) and
+measurement: the RSS bound during the 100 MB transfers (*_rss_plain) and
 the allocation counter (LD_PRELOAD test/alloccount.so). The sanitized
 transfers still assert a flat RSS, with a wider bound (RSS_SLACK_SAN).
 
@@ -33,6 +33,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+sys.dont_write_bytecode = True
 sys.path.insert(0, HERE)
 
 import origin as om  # noqa: E402
@@ -491,10 +492,16 @@ class Proxy:
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
+                try:
+                    wchan = open("/proc/%d/wchan" % self.proc.pid).read()
+                except OSError:
+                    wchan = "?"
                 os.kill(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(5)
-                problems.append("did not exit within %ds of SIGTERM" %
-                                timeout)
+                problems.append("did not exit within %ds of SIGTERM "
+                                "(blocked in %s; stderr ends %s)" % (
+                                    timeout, wchan,
+                                    short(self.stderr()[-300:], 300)))
         elif not self.termed:
             problems.append("had already exited (%d) before SIGTERM" %
                             self.proc.returncode)
@@ -701,6 +708,17 @@ def early_hints():
         r2 = c.read_response()
         expect_status(r2, 200, "second response")
         check(r2.body == b"after early hints\n", "body %s" % short(r2.body))
+
+
+@test
+def early_hints_http10():
+    # RFC 9110 15.2: a server must not send a 1xx to an HTTP/1.0 client.
+    with Env() as e:
+        c = e.conn()
+        c.send(req("GET", "/early-hints", version="HTTP/1.0"))
+        r = c.read_response()
+        expect_status(r, 200, "first response to an HTTP/1.0 client")
+        check(r.body == b"after early hints\n", "body %s" % short(r.body))
 
 
 @test
@@ -1486,6 +1504,7 @@ add("config_duplicate_backend", lambda: _bad_conf(
 def version():
     rc, out = run_bin(["-v"])
     check(rc == 0, "exit %d: %s" % (rc, short(out)))
+    check(not san_lines(out), "sanitizer: %s" % short(out, 300))
     check(re.search(r"\d+\.\d+", out), "no version in %s" % short(out))
 
 
@@ -1637,6 +1656,8 @@ def _traffic(e, nconn, per):
 
 
 def _alloc_run(n):
+    """Run the plain proxy under the allocation counter for n requests;
+    (count text, proxy log lines without their timestamps)."""
     with Env(binary=PLAIN_BIN, start=False) as e:
         count = e.tmp.file("allocs")
         e.proxy = Proxy(e.tmp, e.conf, e.port, PLAIN_BIN,
@@ -1647,20 +1668,25 @@ def _alloc_run(n):
         problems = e.proxy.stop()
         check(not problems, "proxy " + "; ".join(problems))
         check(os.path.exists(count), "no allocation count written")
-        return open(count).read().strip()
+        log = [re.sub(r"^\S+Z ", "", ln) for ln in
+               e.proxy.stderr().splitlines()]
+        return open(count).read().strip(), log
 
 
 @test
 def alloc_count_flat():
     for f in (PLAIN_BIN, ALLOCCOUNT):
         check(os.path.exists(f), "%s not built" % f)
-    a = _alloc_run(200)
-    b = _alloc_run(2000)
+    a, loga = _alloc_run(200)
+    b, logb = _alloc_run(2000)
     info("alloc_count_flat: 200 requests: %s; 2000 requests: %s" % (a, b))
     na = re.findall(r"\d+", a)
     nb = re.findall(r"\d+", b)
-    check(na and na == nb, "allocations differ: %r after 200 requests, "
-          "%r after 2000" % (a, b))
+    if not na or na != nb:
+        only = sorted(set(logb) - set(loga)) + sorted(set(loga) - set(logb))
+        check(False, "allocations differ: %r after 200 requests, %r after "
+              "2000; log lines in one run only: %s" % (
+                  a, b, short(" | ".join(only), 600)))
 
 
 @test

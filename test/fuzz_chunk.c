@@ -74,8 +74,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 	/* Cut points from the input's own bytes, so the fuzzer steers them. */
 	for (i = 0; i < 3; i++)
-		cuts[i] = size ? (size_t)data[i % size] * (size_t)(i + 1) % size :
-		    0;
+		cuts[i] = size == 0 ? 0 :
+		    (size_t)data[i % size] * (size_t)(i + 1) % size;
 	for (i = 0; i < 2; i++)		/* sort the three */
 		for (j = 0; j < 2 - i; j++)
 			if (cuts[j] > cuts[j + 1]) {

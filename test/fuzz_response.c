@@ -37,7 +37,22 @@ write_resp(size_t cap, int close, int minor, const char *hide)
 	int r;
 
 	memset(out, 0x5a, sizeof(out));
-	r = http_write_response(out, cap, &m, close, minor, hide);
+	{
+		struct http_rsp o;
+
+		memset(&o, 0, sizeof(o));
+		o.close = close;
+		o.client_minor = minor;
+		o.hide = hide;
+		/* Exercise the Location rewriting on every other input. */
+		if (cap & 1) {
+			o.prefix = "/app/";
+			o.server = "127.0.0.1:9001";
+			o.host_hash = http_host_hash("example.org", 11);
+			o.extra = "Strict-Transport-Security: max-age=1\r\n";
+		}
+		r = http_write_response(out, cap, &m, &o);
+	}
 	ASSERT(r == -1 || (r > 0 && (size_t)r <= cap));
 	for (i = cap; i < sizeof(out); i++)
 		ASSERT(out[i] == 0x5a);

@@ -97,10 +97,23 @@ err_table(void)
 	    ":2: [cache] is not supported by this build" },
 	{ "rate later", "[proxy]\nrate = 10\n",
 	    ":2: 'rate' is not supported by this build" },
-	{ "status later", "[proxy]\nstatus = /.proxy/status\n",
-	    ":2: 'status' is not supported by this build" },
-	{ "health_check later", "[backend b]\nhealth_check = /healthz\n",
-	    ":2: 'health_check' is not supported by this build" },
+	{ "access_log later", "[proxy]\naccess_log = /tmp/x\n",
+	    ":2: 'access_log' is not supported by this build" },
+	{ "ca later", "[backend b]\nca = /etc/ca.pem\n",
+	    ":2: 'ca' is not supported by this build" },
+	{ "status not a path", "[proxy]\nstatus = status\n",
+	    ":2: status: 'status' must start with '/'" },
+	{ "status_allow bad", "[proxy]\nstatus_allow = 10.0.0.0/33\n",
+	    ":2: status_allow: bad CIDR '10.0.0.0/33'" },
+	{ "health_check not a path", "[backend b]\nhealth_check = x\n",
+	    ":2: health_check: 'x' must start with '/'" },
+	{ "health_interval bad", "[backend b]\nhealth_interval = 5x\n",
+	    ":2: health_interval: bad duration '5x'" },
+	{ "fail_timeout twice", "[backend b]\nfail_timeout = 5\n"
+	    "fail_timeout = 6\n",
+	    ":3: duplicate key 'fail_timeout' in [backend b]" },
+	{ "strip_prefix bad", "[route r]\nstrip_prefix = maybe\n",
+	    ":2: strip_prefix: want yes or no, not 'maybe'" },
 	{ "route allow later", "[route r]\nallow = 10.0.0.0/8\n",
 	    ":2: 'allow' is not supported by this build" },
 	{ "server tls later", "[backend b]\nserver = 127.0.0.1:443 tls\n",
@@ -744,6 +757,18 @@ route_table(void)
 }
 
 static void
+pick_reset(struct backend *b, struct server *s, int n)
+{
+	int i;
+
+	memset(s, 0, sizeof(*s) * n);
+	for (i = 0; i < n; i++)
+		s[i].b = b;
+	b->srv = s;
+	b->nsrv = n;
+}
+
+static void
 pick_test(void)
 {
 	struct server s[3];
@@ -752,18 +777,18 @@ pick_test(void)
 	int count[3] = { 0 }, run = 0, maxrun = 0, i, ok;
 	char seq[16];
 
-	memset(s, 0, sizeof(s));
 	memset(&b, 0, sizeof(b));
-	b.srv = s;
-	b.nsrv = 0;
-	CHECK(bal_pick(&b) == NULL, "pick from no servers");
+	b.name = "t";
+	b.fail_timeout_ms = 1000;
+	pick_reset(&b, s, 0);
+	CHECK(bal_pick(&b, 0) == NULL, "pick from no servers");
 
-	b.nsrv = 3;
+	pick_reset(&b, s, 3);
 	s[0].weight = 1;
 	s[1].weight = 2;
 	s[2].weight = 3;
 	for (i = 0; i < 600; i++) {
-		p = bal_pick(&b);
+		p = bal_pick(&b, 0);
 		count[p - s]++;
 		run = p == last ? run + 1 : 1;
 		if (run > maxrun)
@@ -774,24 +799,48 @@ pick_test(void)
 	    "1:2:3 over 600 picks");
 	CHECK(maxrun <= 3, "1:2:3 never more than 3 in a row");
 
-	memset(s, 0, sizeof(s));
+	pick_reset(&b, s, 3);
 	s[0].weight = 5;
 	s[1].weight = 1;
 	s[2].weight = 1;
 	for (i = 0; i < 14; i++)
-		seq[i] = (char)('a' + (bal_pick(&b) - s));
+		seq[i] = (char)('a' + (bal_pick(&b, 0) - s));
 	seq[14] = '\0';
 	CHECK(strcmp(seq, "aabacaaaabacaa") == 0, "5:1:1 is smooth");
 	if (strcmp(seq, "aabacaaaabacaa") != 0)
 		printf("  got %s\n", seq);
 	CHECK(strstr(seq, "aaaaa") == NULL, "5:1:1 no run of 5");
 
-	memset(s, 0, sizeof(s));
-	b.nsrv = 1;
+	pick_reset(&b, s, 1);
 	s[0].weight = 7;
 	for (ok = 1, i = 0; i < 10; i++)
-		ok &= bal_pick(&b) == &s[0];
+		ok &= bal_pick(&b, 0) == &s[0];
 	CHECK(ok && s[0].cur == 0, "single server");
+
+	/* A failed server leaves the rotation for fail_timeout. */
+	pick_reset(&b, s, 3);
+	s[0].weight = s[1].weight = s[2].weight = 1;
+	bal_fail(&s[1], 5000);
+	CHECK(!bal_available(&s[1], 5000) && bal_available(&s[1], 6000),
+	    "down for fail_timeout");
+	for (ok = 1, i = 0; i < 30; i++)
+		ok &= bal_pick(&b, 5500) != &s[1];
+	CHECK(ok, "a down server is never picked");
+	for (i = 0; i < 3; i++)
+		count[i] = 0;
+	for (i = 0; i < 30; i++)
+		count[bal_pick(&b, 6000) - s]++;
+	CHECK(count[0] == 10 && count[1] == 10 && count[2] == 10,
+	    "back in rotation after fail_timeout, evenly");
+	CHECK(s[1].failures == 1, "failure counted");
+	bal_fail(&s[0], 7000);
+	bal_fail(&s[1], 7000);
+	bal_fail(&s[2], 7000);
+	CHECK(bal_pick(&b, 7500) == NULL, "all down: no server");
+	s[2].check_down = 1;
+	CHECK(bal_pick(&b, 9000) != &s[2], "failed health check: out");
+	s[2].check_down = 0;
+	CHECK(bal_available(&s[2], 9000), "health check success: back");
 }
 
 void

@@ -227,8 +227,8 @@ static const struct req_bad req_bad[] = {
 	    "Host: example.org:443\r\n\r\n", -501),
 	BAD("fragment in target", "GET /a#b HTTP/1.1\r\nHost: h\r\n\r\n",
 	    -400),
-	BAD("obs-text in target", "GET /caf\xc3\xa9 HTTP/1.1\r\nHost: h\r\n\r\n",
-	    -400),
+	BAD("obs-text in target", "GET /caf\xc3\xa9 HTTP/1.1\r\n"
+	    "Host: h\r\n\r\n", -400),
 	BAD("DEL in target", "GET /a\x7f HTTP/1.1\r\nHost: h\r\n\r\n", -400),
 	BAD("asterisk with GET", "GET * HTTP/1.1\r\nHost: h\r\n\r\n", -400),
 	BAD("authority-form with GET", "GET example.org:443 HTTP/1.1\r\n"
@@ -855,8 +855,9 @@ static const struct wreq_case wreq[] = {
 	    "X-Forwarded-Proto: http\r\nX-Forwarded-Host: example.org\r\n"
 	    "Via: 1.1 proxy\r\n\r\n" },
 	{ "hop-by-hop stripped", "POST /p HTTP/1.1\r\nHost: h\r\n"
-	    "Connection: close, Foo\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\n"
-	    "Trailer: X-T\r\nUpgrade: websocket\r\nProxy-Connection: close\r\n"
+	    "Connection: close, Foo\r\nKeep-Alive: timeout=5\r\n"
+	    "TE: trailers\r\nTrailer: X-T\r\nUpgrade: websocket\r\n"
+	    "Proxy-Connection: close\r\n"
 	    "Proxy-Authorization: Basic eA==\r\nExpect: 100-continue\r\n"
 	    "foo: bar\r\nBar: keep\r\nContent-Length: 3\r\n\r\n", 0, 1,
 	    "POST /p HTTP/1.1\r\nHost: h\r\nBar: keep\r\nContent-Length: 3\r\n"
@@ -876,7 +877,8 @@ static const struct wreq_case wreq[] = {
 	    "X-Forwarded-For: 192.0.2.1\r\nX-Forwarded-Proto: http\r\n"
 	    "X-Forwarded-Host: h\r\nVia: 1.1 proxy\r\n\r\n" },
 	{ "trusted X-Forwarded-* kept and appended", "GET / HTTP/1.1\r\n"
-	    "Host: h\r\nX-Forwarded-For: 10.0.0.1\r\nX-Forwarded-Proto: https\r\n"
+	    "Host: h\r\nX-Forwarded-For: 10.0.0.1\r\n"
+	    "X-Forwarded-Proto: https\r\n"
 	    "X-Forwarded-For: 10.0.0.2, 10.0.0.3\r\nX-Forwarded-For:\r\n"
 	    "X-Forwarded-Host: front\r\nForwarded: for=10.0.0.1\r\n\r\n", 1, 1,
 	    "GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-Proto: https\r\n"
@@ -910,9 +912,9 @@ static const struct wreq_case wreq[] = {
 	    "Connection: keep-alive\r\n\r\n" },
 	{ "OWS normalised", "GET / HTTP/1.1\r\nHost:h\r\nA:\t b \t\r\n\r\n", 0,
 	    1,
-	    "GET / HTTP/1.1\r\nHost: h\r\nA: b\r\nX-Forwarded-For: 192.0.2.1\r\n"
-	    "X-Forwarded-Proto: http\r\nX-Forwarded-Host: h\r\n"
-	    "Via: 1.1 proxy\r\n\r\n" },
+	    "GET / HTTP/1.1\r\nHost: h\r\nA: b\r\n"
+	    "X-Forwarded-For: 192.0.2.1\r\nX-Forwarded-Proto: http\r\n"
+	    "X-Forwarded-Host: h\r\nVia: 1.1 proxy\r\n\r\n" },
 };
 
 struct wresp_case {
@@ -1012,8 +1014,13 @@ again_req(size_t cap)
 static int
 again_resp(size_t cap)
 {
-	return http_write_response(out, cap, &msg, cur_resp->close,
-	    cur_resp->client_minor, cur_resp->hide);
+	struct http_rsp o;
+
+	memset(&o, 0, sizeof(o));
+	o.close = cur_resp->close;
+	o.client_minor = cur_resp->client_minor;
+	o.hide = cur_resp->hide;
+	return http_write_response(out, cap, &msg, &o);
 }
 
 static void
@@ -1058,8 +1065,14 @@ test_writers(void)
 
 	/* Writer refuses a status it cannot print in three digits. */
 	msg.status = 1000;
-	CHECK(http_write_response(out, sizeof(out), &msg, 0, 1, NULL) == -1,
-	    "status 1000 refused");
+	{
+		struct http_rsp o;
+
+		memset(&o, 0, sizeof(o));
+		o.client_minor = 1;
+		CHECK(http_write_response(out, sizeof(out), &msg, &o) == -1,
+		    "status 1000 refused");
+	}
 }
 
 /* -------------------------------------------------------------- paths */
@@ -1236,9 +1249,75 @@ test_slice_eq(void)
 	CHECK(!slice_eq(s, "{"), "slice_eq not folding non-letters");
 }
 
+/* strip_prefix: Location and Content-Location move under the prefix. */
+static void
+test_location(void)
+{
+	static const struct {
+		const char *name, *loc, *want;
+	} t[] = {
+		{ "root path", "/login", "Location: /app/login\r\n" },
+		{ "root itself", "/", "Location: /app/\r\n" },
+		{ "with query", "/a?b=/c", "Location: /app/a?b=/c\r\n" },
+		{ "relative kept", "login", "Location: login\r\n" },
+		{ "network-path kept", "//evil.example/x",
+		    "Location: //evil.example/x\r\n" },
+		{ "absolute to Host", "http://Example.org/x",
+		    "Location: http://Example.org/app/x\r\n" },
+		{ "absolute to server", "https://127.0.0.1:9001/y",
+		    "Location: https://127.0.0.1:9001/app/y\r\n" },
+		{ "absolute elsewhere kept", "http://other.example/x",
+		    "Location: http://other.example/x\r\n" },
+		{ "absolute no path kept", "http://example.org",
+		    "Location: http://example.org\r\n" },
+	};
+	char head[256];
+	struct http_rsp o;
+	size_t i;
+	int n, r;
+
+	for (i = 0; i < sizeof(t) / sizeof(t[0]); i++) {
+		n = snprintf(head, sizeof(head), "HTTP/1.1 302 Found\r\n"
+		    "Location: %s\r\nContent-Length: 0\r\n\r\n", t[i].loc);
+		r = http_parse_response(head, (size_t)n, 0, &msg);
+		CHECK(r == n, t[i].name);
+		memset(&o, 0, sizeof(o));
+		o.client_minor = 1;
+		o.prefix = "/app/";
+		o.server = "127.0.0.1:9001";
+		o.host_hash = http_host_hash("example.org", 11);
+		r = http_write_response(out, sizeof(out) - 1, &msg, &o);
+		CHECK(r > 0, t[i].name);
+		if (r > 0) {
+			out[r] = '\0';
+			CHECK(strstr(out, t[i].want) != NULL, t[i].name);
+		}
+	}
+	/* Content-Location too; without a prefix nothing moves. */
+	n = snprintf(head, sizeof(head), "HTTP/1.1 200 OK\r\n"
+	    "Content-Location: /c\r\nLocation: /l\r\nContent-Length: 0"
+	    "\r\n\r\n");
+	CHECK(http_parse_response(head, (size_t)n, 0, &msg) == n, "cl parse");
+	memset(&o, 0, sizeof(o));
+	o.client_minor = 1;
+	o.prefix = "/app";
+	r = http_write_response(out, sizeof(out) - 1, &msg, &o);
+	out[r > 0 ? r : 0] = '\0';
+	CHECK(strstr(out, "Content-Location: /app/c\r\n") != NULL,
+	    "Content-Location moved");
+	o.prefix = NULL;
+	o.extra = "Strict-Transport-Security: max-age=60\r\n";
+	r = http_write_response(out, sizeof(out) - 1, &msg, &o);
+	out[r > 0 ? r : 0] = '\0';
+	CHECK(strstr(out, "Location: /l\r\n") != NULL, "no prefix: kept");
+	CHECK(strstr(out, "Strict-Transport-Security: max-age=60\r\n") !=
+	    NULL, "extra header added");
+}
+
 void
 unit_http(void)
 {
+	test_location();
 	test_requests();
 	test_responses();
 	test_chunks();
