@@ -15,7 +15,7 @@ WARN = -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wshadow -Wstrict-prototypes \
 # statically so a device needs neither library.
 LIBS = -Wl,-Bstatic -lbearssl -linih -Wl,-Bdynamic
 
-SRC = proxy.c http.c conf.c balance.c
+SRC = proxy.c http.c conf.c balance.c tls.c acl.c
 OBJ = $(SRC:.c=.o)
 HDR = proxy.h
 SAN = -fsanitize=address,undefined -fno-omit-frame-pointer \
@@ -46,9 +46,14 @@ deps:
 test/proxy-san: $(SRC) $(HDR)
 	$(CC) $(WARN) -O1 -g $(SAN) -o $@ $(SRC) $(LIBS)
 
-UNIT = test/unit.c test/unit_http.c test/unit_conf.c http.c conf.c balance.c
+UNIT = test/unit.c test/unit_http.c test/unit_conf.c http.c conf.c balance.c \
+	tls.c
 test/unit-san: $(UNIT) $(HDR) test/unit.h
 	$(CC) $(WARN) -O1 -g $(SAN) -I. -o $@ $(UNIT) $(LIBS)
+
+# A standalone HTTPS echo server and client on tls.c alone (test/tls_test.sh).
+test/tlsecho: test/tlsecho.c tls.c conf.c $(HDR)
+	$(CC) $(WARN) -O1 -g $(SAN) -I. -o $@ test/tlsecho.c tls.c conf.c $(LIBS)
 
 test/alloccount.so: test/alloccount.c
 	$(CC) -O2 -g -shared -fPIC -o $@ test/alloccount.c -ldl
@@ -88,7 +93,7 @@ install: all
 
 clean:
 	rm -f proxy $(OBJ) test/proxy-san test/unit-san test/alloccount.so \
-	    $(FUZZ)
+	    test/tlsecho $(FUZZ)
 	rm -rf test/fuzz/*.work
 
 .PHONY: all deps test fuzz run install clean

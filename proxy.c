@@ -86,6 +86,7 @@ enum {
 	F_UHUP = 1 << 20,	/* poll said POLLHUP/POLLERR on the upstream */
 	F_UERR = 1 << 21,	/* upstream refused our bytes: send no more */
 	F_DEFER = 1 << 22,	/* queued to parse a pipelined head */
+	F_COUNTED = 1 << 23,	/* counted by acl_conn_open */
 };
 
 /* Bytes d[off..len) are unconsumed; d is NULL while the buffer is not lent. */
@@ -178,6 +179,12 @@ static struct {
 	size_t conns, buffers, other;
 } mem;
 static volatile sig_atomic_t sig_term, sig_hup, sig_usr1;
+/*
+ * The handled signals stay blocked except inside ppoll(): one arriving
+ * between the loop's look at the flags and the wait would otherwise be
+ * noticed only at the next network event (a TERM could hang forever).
+ */
+static sigset_t poll_mask;
 static int draining;
 static int64_t drain_deadline;
 
@@ -515,6 +522,8 @@ conn_close(struct conn *c)
 		loop_unwatch(c->cslot);
 		close(c->cfd);
 	}
+	if (c->flags & F_COUNTED)
+		acl_conn_close(&c->peer.sa, cfg.max_conns_per_ip);
 	buf_put(c, &c->rq);
 	buf_put(c, &c->rs);
 	if (c->flags & F_WAITBUF)
@@ -541,7 +550,7 @@ exchange_reset(struct conn *c)
 	c->srv = NULL;
 	c->tries = 0;
 	c->flags &= F_TRUSTED | F_CBLOCK | F_WAITBUF | F_CEOF | F_CHUP |
-	    F_DEFER;
+	    F_DEFER | F_COUNTED;
 }
 
 /*
@@ -1286,10 +1295,30 @@ req_start(struct conn *c)
 		status_request(c);
 		return;
 	}
+	/* Refuse before any byte reaches a backend: ACLs, then the rate. */
+	if (!acl_allowed(cfg.allow, cfg.nallow, cfg.deny, cfg.ndeny,
+	    &c->peer.sa)) {
+		send_error(c, 403);
+		return;
+	}
 	r = bal_route(&cfg, msg.host, pathbuf, (size_t)n);
 	if (r < 0) {
 		send_error(c, 404);
 		return;
+	}
+	if (!acl_allowed(cfg.routes[r].allow, cfg.routes[r].nallow,
+	    cfg.routes[r].deny, cfg.routes[r].ndeny, &c->peer.sa)) {
+		send_error(c, 403);
+		return;
+	}
+	{
+		int retry;
+
+		if (!acl_rate(&c->peer.sa, cfg.rate, cfg.rate_burst, now,
+		    &retry)) {
+			send_error(c, 429);
+			return;
+		}
 	}
 	if ((msg.flags & HF_CL) && cfg.max_body > 0 &&
 	    msg.clen > cfg.max_body) {
@@ -2021,7 +2050,18 @@ do_accept(int lfd)
 			}
 			return;
 		}
+		/* Refused cheaply: one write of a static answer, no slot. */
+		if (!acl_conn_open(&a.sa, cfg.max_conns_per_ip, now)) {
+			const char *p;
+			size_t len;
+
+			p = http_error_page(429, &len);
+			(void)send(fd, p, len, MSG_NOSIGNAL);
+			close(fd);
+			continue;
+		}
 		if (nfree_conns == 0 && !evict_one()) {
+			acl_conn_close(&a.sa, cfg.max_conns_per_ip);
 			(void)send(fd, busy, sizeof(busy) - 1, MSG_NOSIGNAL);
 			close(fd);
 			continue;
@@ -2034,6 +2074,8 @@ do_accept(int lfd)
 		c->uslot = -1;
 		c->peer = a;
 		c->flags &= F_DEFER;
+		if (cfg.max_conns_per_ip > 0)
+			c->flags |= F_COUNTED;
 		exchange_reset(c);
 		c->ustate = U_NONE;
 		c->cstate = C_IDLE;
@@ -2154,6 +2196,7 @@ dispatch(const struct ready *r)
 static void
 loop(void)
 {
+	struct timespec ts;
 	int n, i, nready, timeout;
 
 	for (;;) {
@@ -2186,7 +2229,9 @@ loop(void)
 			timeout = 0;
 		pool_kick();
 		log_flush();
-		n = poll(pfd, npfd, timeout);
+		ts.tv_sec = timeout / 1000;
+		ts.tv_nsec = (long)(timeout % 1000) * 1000000;
+		n = ppoll(pfd, (nfds_t)npfd, &ts, &poll_mask);
 		if (n < 0) {
 			if (errno != EINTR)
 				logmsg(LOG_ERR, "poll: %s", strerror(errno));
@@ -2251,7 +2296,18 @@ static void
 signals_init(void)
 {
 	struct sigaction sa;
+	sigset_t block;
 
+	sigemptyset(&block);
+	sigaddset(&block, SIGTERM);
+	sigaddset(&block, SIGINT);
+	sigaddset(&block, SIGHUP);
+	sigaddset(&block, SIGUSR1);
+	sigprocmask(SIG_BLOCK, &block, &poll_mask);
+	sigdelset(&poll_mask, SIGTERM);
+	sigdelset(&poll_mask, SIGINT);
+	sigdelset(&poll_mask, SIGHUP);
+	sigdelset(&poll_mask, SIGUSR1);
 	memset(&sa, 0, sizeof(sa));
 	sa.sa_handler = on_signal;
 	sigemptyset(&sa.sa_mask);
@@ -2343,11 +2399,15 @@ reserve(void)
 		pool[pool_free++] = pool_mem + (size_t)i * bufsz;
 	for (i = 0; i < nlisten; i++)
 		pfd[loop_watch(listen_fd[i], O_LISTEN, (int)i)].events = POLLIN;
+	/* Twice the connections: room for the addresses behind them and
+	 * for recent ones that the rate limit must remember. */
+	if (acl_init(2 * nconn) == -1)
+		return -1;
 	mem.conns = (size_t)nconn * (sizeof(*conns) + sizeof(*free_conns));
 	mem.buffers = (size_t)cfg.buffers * (bufsz + sizeof(*pool));
 	mem.other = (size_t)nidles * sizeof(*idles) + (size_t)nslots *
 	    (sizeof(*pfd) + sizeof(*owner) + sizeof(*ready)) + 2 * bufsz +
-	    (size_t)nsrv * sizeof(*servers);
+	    (size_t)nsrv * sizeof(*servers) + acl_table_size();
 	logmsg(LOG_INFO, "reserved %zu KB: %ld connections of %zu B, "
 	    "%ld buffers of %u B, %d idle upstream slots, %ld poll slots",
 	    (mem.conns + mem.buffers + mem.other) / 1024, nconn,

@@ -218,6 +218,8 @@ struct route {
 	int line;
 	int backend;		/* index into config.backends */
 	int strip_prefix;	/* forward /app/x as /x; rewrite Location */
+	struct cidr *allow, *deny;	/* route ACL (deny wins) */
+	int nallow, ndeny;
 };
 
 /* A certificate with its key, chosen by SNI ([cert NAME]) or the default. */
@@ -252,6 +254,10 @@ struct config {
 	struct cidr *trusted;
 	int ntrusted;
 	char *hide_headers;	/* space-separated header names */
+	struct cidr *allow, *deny;	/* [proxy] ACL for every request */
+	int nallow, ndeny;
+	long max_conns_per_ip;	/* 0: no cap */
+	long rate, rate_burst;	/* requests/s per address, 0: off */
 	char *status;		/* status page path, NULL: off */
 	struct cidr *status_allow;
 	int nstatus_allow;
@@ -303,6 +309,23 @@ void bal_check_event(struct server *s, short revents, int64_t now);
 /* Close health checks in flight (stop, reload). */
 void bal_checks_stop(struct config *c);
 
+/* ---------------------------------------------------------------- acl.c */
+
+/* Reserve the per-address table (entries rounded up to a power of two). */
+int acl_init(long entries);
+size_t acl_table_size(void);
+/* A client connects: 0 when it already has max connections open
+ * (max <= 0: no cap). Every 1 must be paired with acl_conn_close. */
+int acl_conn_open(const struct sockaddr *sa, long max, int64_t now);
+void acl_conn_close(const struct sockaddr *sa, long max);
+/* A request: 0 when the address's token bucket (rate per second, burst)
+ * is empty, with the seconds until one token is back in retry_after. */
+int acl_rate(const struct sockaddr *sa, long rate, long burst, int64_t now,
+    int *retry_after);
+/* Deny wins; a non-empty allow list admits only its own. */
+int acl_allowed(const struct cidr *allow, int nallow,
+    const struct cidr *deny, int ndeny, const struct sockaddr *sa);
+
 /* ---------------------------------------------------------------- tls.c */
 
 /*
@@ -348,6 +371,11 @@ void tls_close(struct tls *t, int fd);
 short tls_events(const struct tls *t);
 /* The handshake finished. */
 int tls_ready(const struct tls *t);
+/* Plaintext already decrypted and waiting in the engine: call tls_recv
+ * without waiting for poll(), which cannot see it. */
+int tls_pending(const struct tls *t);
+/* Why the engine failed, for the log ("certificate not trusted by ca"). */
+const char *tls_error(const struct tls *t);
 /* Server name the client asked for (SNI), "" when none. */
 const char *tls_sni(const struct tls *t);
 /* Bytes of memory one engine reserves (for logs and the README). */

@@ -1677,8 +1677,11 @@ def _alloc_run(n):
 def alloc_count_flat():
     for f in (PLAIN_BIN, ALLOCCOUNT):
         check(os.path.exists(f), "%s not built" % f)
+    stamp = os.stat(PLAIN_BIN).st_mtime_ns
     a, loga = _alloc_run(200)
     b, logb = _alloc_run(2000)
+    check(os.stat(PLAIN_BIN).st_mtime_ns == stamp,
+          "./proxy was rebuilt during the test (counts %s, %s)" % (a, b))
     info("alloc_count_flat: 200 requests: %s; 2000 requests: %s" % (a, b))
     na = re.findall(r"\d+", a)
     nb = re.findall(r"\d+", b)
