@@ -87,6 +87,8 @@ enum {
 	F_UERR = 1 << 21,	/* upstream refused our bytes: send no more */
 	F_DEFER = 1 << 22,	/* queued to parse a pipelined head */
 	F_COUNTED = 1 << 23,	/* counted by acl_conn_open */
+	F_CKICK = 1 << 24,	/* queued: TLS plaintext waits for the client */
+	F_UKICK = 1 << 25,	/* queued: the same from the upstream */
 };
 
 /* Bytes d[off..len) are unconsumed; d is NULL while the buffer is not lent. */
@@ -111,6 +113,7 @@ struct conn {
 	uint8_t minor;		/* client's HTTP/1.<minor> */
 	uint32_t flags;
 	struct buf rq, rs;
+	struct tls *ctls, *utls;	/* TLS engines, NULL: plain */
 	uint32_t qfwd;		/* bytes at rq.off that belong upstream */
 	uint32_t qsent;		/* of those, sent but held (F_HOLD) */
 	uint32_t rfwd;		/* bytes at rs.off that belong to the client */
@@ -129,6 +132,7 @@ struct conn {
 
 struct idle {
 	int fd;			/* -1: free entry */
+	struct tls *tls;	/* its engine when the server speaks TLS */
 	int slot;
 	uint32_t gen;
 	struct server *srv;
@@ -152,8 +156,11 @@ static struct pollfd *pfd;
 static int *owner;
 static int npfd;
 static int *listen_fd;
+static uint8_t *listen_is_tls;	/* per listener: a [tls] listen */
 static int nlisten;
-static int *deferq, ndefer;	/* sessions with a pipelined head to parse */
+static int tls_port = 443;	/* for redirect_http: the first TLS port */
+static char hsts_line[64];	/* "Strict-Transport-Security: ..." or "" */
+static int *deferq, ndefer;	/* sessions with work queued: run_deferred */
 static struct server **servers;	/* every backend's servers, flat */
 static int nservers;
 
@@ -425,13 +432,16 @@ idle_close(struct idle *e)
 {
 	loop_unwatch(e->slot);
 	close(e->fd);
+	if (e->tls != NULL)
+		tls_release(e->tls);
+	e->tls = NULL;
 	e->srv->idle--;
 	e->fd = -1;
 	e->gen++;
 }
 
 static void
-idle_put(struct server *s, int fd)
+idle_put(struct server *s, int fd, struct tls *t)
 {
 	int i;
 
@@ -442,6 +452,7 @@ idle_put(struct server *s, int fd)
 			if (e->fd != -1)
 				continue;
 			e->fd = fd;
+			e->tls = t;
 			e->srv = s;
 			e->since = now;
 			e->slot = loop_watch(fd, O_IDLE, i);
@@ -452,6 +463,8 @@ idle_put(struct server *s, int fd)
 		}
 	}
 	close(fd);
+	if (t != NULL)
+		tls_release(t);
 }
 
 /*
@@ -461,7 +474,7 @@ idle_put(struct server *s, int fd)
  * not used: those bytes must never reach another client.
  */
 static int
-idle_take(struct server *s)
+idle_take(struct server *s, struct tls **t)
 {
 	struct idle *best;
 	char b;
@@ -479,6 +492,8 @@ idle_take(struct server *s)
 		if (recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) == -1 &&
 		    (errno == EAGAIN || errno == EWOULDBLOCK)) {
 			loop_unwatch(best->slot);
+			*t = best->tls;
+			best->tls = NULL;
 			best->fd = -1;
 			best->gen++;
 			s->idle--;
@@ -489,6 +504,38 @@ idle_take(struct server *s)
 	return -1;
 }
 
+/* ------------------------------------------------ socket or TLS I/O */
+
+/* The halves read and write through these: plain sockets, or a BearSSL
+ * engine in between (tls.c), with the same EAGAIN conventions. */
+static ssize_t
+c_recv(struct conn *c, void *p, size_t n)
+{
+	return c->ctls ? tls_recv(c->ctls, c->cfd, p, n) :
+	    recv(c->cfd, p, n, 0);
+}
+
+static ssize_t
+c_send(struct conn *c, const void *p, size_t n)
+{
+	return c->ctls ? tls_send(c->ctls, c->cfd, p, n) :
+	    send(c->cfd, p, n, MSG_NOSIGNAL);
+}
+
+static ssize_t
+u_recv(struct conn *c, void *p, size_t n)
+{
+	return c->utls ? tls_recv(c->utls, c->ufd, p, n) :
+	    recv(c->ufd, p, n, 0);
+}
+
+static ssize_t
+u_send(struct conn *c, const void *p, size_t n)
+{
+	return c->utls ? tls_send(c->utls, c->ufd, p, n) :
+	    send(c->ufd, p, n, MSG_NOSIGNAL);
+}
+
 /* ------------------------------------------------------ session setup */
 
 static void conn_update(struct conn *c);
@@ -496,7 +543,9 @@ static void client_flush(struct conn *c);
 static void up_flush(struct conn *c);
 static void head_step(struct conn *c);
 static void status_request(struct conn *c);
+static void redirect_request(struct conn *c);
 static void listeners_pause(int pause);
+static void tls_listeners(void);
 static void resp_absorb(struct conn *c);
 static void up_eof(struct conn *c);
 
@@ -508,6 +557,10 @@ up_close(struct conn *c)
 	c->srv->active--;
 	loop_unwatch(c->uslot);
 	close(c->ufd);
+	if (c->utls != NULL) {
+		tls_release(c->utls);
+		c->utls = NULL;
+	}
 	c->ufd = -1;
 	c->uslot = -1;
 	c->ugen++;
@@ -520,7 +573,14 @@ conn_close(struct conn *c)
 	up_close(c);
 	if (c->cfd != -1) {
 		loop_unwatch(c->cslot);
+		if (c->ctls != NULL && !(c->flags & (F_CSHUT | F_CHUP)))
+			tls_close(c->ctls, c->cfd);	/* best effort */
 		close(c->cfd);
+	}
+	if (c->ctls != NULL) {
+		tls_release(c->ctls);
+		c->ctls = NULL;
+		tls_listeners();	/* an engine is free again */
 	}
 	if (c->flags & F_COUNTED)
 		acl_conn_close(&c->peer.sa, cfg.max_conns_per_ip);
@@ -532,7 +592,8 @@ conn_close(struct conn *c)
 	c->cslot = -1;
 	c->cstate = C_FREE;
 	c->ustate = U_NONE;
-	c->flags &= F_DEFER;	/* it may still sit in deferq */
+	/* It may still sit in deferq: keep the marks that say so. */
+	c->flags &= F_DEFER | F_CKICK | F_UKICK;
 	c->gen++;
 	free_conns[nfree_conns++] = (int)(c - conns);
 	nactive--;
@@ -550,7 +611,7 @@ exchange_reset(struct conn *c)
 	c->srv = NULL;
 	c->tries = 0;
 	c->flags &= F_TRUSTED | F_CBLOCK | F_WAITBUF | F_CEOF | F_CHUP |
-	    F_DEFER | F_COUNTED;
+	    F_DEFER | F_COUNTED | F_CKICK | F_UKICK;
 }
 
 /*
@@ -571,6 +632,8 @@ client_finish(struct conn *c)
 		conn_close(c);
 		return;
 	}
+	if (c->ctls != NULL)
+		tls_close(c->ctls, c->cfd);
 	shutdown(c->cfd, SHUT_WR);
 	c->flags |= F_CSHUT;
 	buf_put(c, &c->rq);
@@ -611,6 +674,15 @@ send_error(struct conn *c, int code)
 
 /* ---------------------------------------------------------- upstream */
 
+/* Queue c for run_deferred with the reason flag (once per turn). */
+static void
+kick(struct conn *c, uint32_t why)
+{
+	if (!(c->flags & (F_DEFER | F_CKICK | F_UKICK)))
+		deferq[ndefer++] = (int)(c - conns);
+	c->flags |= why;
+}
+
 /* Still relaying (not closing, not closed)? */
 static int
 in_exchange(const struct conn *c)
@@ -631,16 +703,24 @@ up_connect(struct conn *c, int fresh)
 	int fd, one = 1;
 
 	c->flags &= ~F_REUSED;
-	fd = fresh ? -1 : idle_take(s);
+	c->utls = NULL;
+	fd = fresh ? -1 : idle_take(s, &c->utls);
 	if (fd != -1) {
 		c->flags |= F_REUSED;
 		c->ustate = U_HEAD;
 		goto attached;
 	}
+	if (s->tls && (c->utls = tls_client(s)) == NULL) {
+		logmsg(LOG_ERR, "%s: no TLS engine free", s->name);
+		return -2;
+	}
 	fd = socket(s->sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK |
 	    SOCK_CLOEXEC, 0);
 	if (fd == -1) {
 		logmsg(LOG_ERR, "socket: %s", strerror(errno));
+		if (c->utls != NULL)
+			tls_release(c->utls);
+		c->utls = NULL;
 		return -2;
 	}
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
@@ -653,6 +733,9 @@ up_connect(struct conn *c, int fresh)
 
 		logmsg(LOG_WARNING, "connect %s: %s", s->name, strerror(err));
 		close(fd);
+		if (c->utls != NULL)
+			tls_release(c->utls);
+		c->utls = NULL;
 		/* Out of ports or descriptors is our trouble, not the
 		 * server's: do not take it out of rotation for that. */
 		return err == EADDRNOTAVAIL || err == EAGAIN ||
@@ -799,9 +882,17 @@ up_flush(struct conn *c)
 	    (c->flags & (F_UBLOCK | F_UERR)))
 		return;
 	pend = c->qfwd - c->qsent;
+	/* Nothing of ours to send, but the engine may have handshake
+	 * records for the server. */
+	if (pend == 0 && c->utls != NULL && tls_flush(c->utls, c->ufd) == -1) {
+		if (errno == EAGAIN || errno == EWOULDBLOCK)
+			c->flags |= F_UBLOCK;
+		else
+			c->flags |= F_UERR;
+		return;
+	}
 	if (pend > 0) {
-		n = send(c->ufd, c->rq.d + c->rq.off + c->qsent, pend,
-		    MSG_NOSIGNAL);
+		n = u_send(c, c->rq.d + c->rq.off + c->qsent, pend);
 		if (n < 0) {
 			if (errno == EAGAIN || errno == EWOULDBLOCK) {
 				c->flags |= F_UBLOCK;
@@ -859,10 +950,14 @@ resp_done(struct conn *c)
 	if (c->ufd != -1) {
 		c->srv->active--;
 		loop_unwatch(c->uslot);
-		if (reuse)
-			idle_put(c->srv, c->ufd);
-		else
+		if (reuse) {
+			idle_put(c->srv, c->ufd, c->utls);
+		} else {
 			close(c->ufd);
+			if (c->utls != NULL)
+				tls_release(c->utls);
+		}
+		c->utls = NULL;
 		c->ufd = -1;
 		c->uslot = -1;
 		c->ugen++;
@@ -890,6 +985,8 @@ resp_rewrite(struct conn *c, uint32_t pos, int close)
 	o.close = close;
 	o.client_minor = c->minor;
 	o.hide = cfg.hide_headers;
+	if (c->ctls != NULL && hsts_line[0] != '\0')
+		o.extra = hsts_line;
 	if (rt->strip_prefix && rt->path != NULL) {
 		o.prefix = rt->path;
 		o.host_hash = c->host_hash;
@@ -1076,10 +1173,7 @@ client_next(struct conn *c)
 		 * turn's events, not here: a buffer of pipelined requests the
 		 * proxy answers itself would otherwise recurse per request. */
 		c->cstate = C_HEAD;
-		if (!(c->flags & F_DEFER)) {
-			c->flags |= F_DEFER;
-			deferq[ndefer++] = (int)(c - conns);
-		}
+		kick(c, F_DEFER);
 		return;
 	}
 	if (c->flags & F_CEOF) {
@@ -1099,7 +1193,7 @@ client_flush(struct conn *c)
 	if (c->cfd == -1 || (c->flags & (F_CBLOCK | F_CSHUT)))
 		return;
 	while (c->litlen > 0) {
-		n = send(c->cfd, c->lit, c->litlen, MSG_NOSIGNAL);
+		n = c_send(c, c->lit, c->litlen);
 		if (n < 0) {
 			if (errno == EAGAIN || errno == EWOULDBLOCK)
 				c->flags |= F_CBLOCK;
@@ -1112,7 +1206,7 @@ client_flush(struct conn *c)
 		c->tprog = now;
 	}
 	if (c->rfwd > 0) {
-		n = send(c->cfd, c->rs.d + c->rs.off, c->rfwd, MSG_NOSIGNAL);
+		n = c_send(c, c->rs.d + c->rs.off, c->rfwd);
 		if (n < 0) {
 			if (errno == EAGAIN || errno == EWOULDBLOCK)
 				c->flags |= F_CBLOCK;
@@ -1127,6 +1221,15 @@ client_flush(struct conn *c)
 			c->rs.off = c->rs.len = 0;
 		if (c->rfwd > 0)
 			return;
+	}
+	/* Records the TLS engine still holds must leave before the state
+	 * moves on (a close would lose them). */
+	if (c->ctls != NULL && tls_flush(c->ctls, c->cfd) == -1) {
+		if (errno == EAGAIN || errno == EWOULDBLOCK)
+			c->flags |= F_CBLOCK;
+		else
+			conn_close(c);
+		return;
 	}
 	switch (c->cstate) {
 	case C_CLOSING:
@@ -1295,6 +1398,10 @@ req_start(struct conn *c)
 		status_request(c);
 		return;
 	}
+	if (cfg.tls.redirect_http && c->ctls == NULL) {
+		redirect_request(c);
+		return;
+	}
 	/* Refuse before any byte reaches a backend: ACLs, then the rate. */
 	if (!acl_allowed(cfg.allow, cfg.nallow, cfg.deny, cfg.ndeny,
 	    &c->peer.sa)) {
@@ -1339,7 +1446,7 @@ req_start(struct conn *c)
 	}
 
 	fwd.client_ip = client_ip(c, ip, sizeof(ip));
-	fwd.proto = "http";
+	fwd.proto = c->ctls != NULL ? "https" : "http";
 	fwd.trusted = (c->flags & F_TRUSTED) != 0;
 	fwd.minor = msg.minor;
 	n = http_write_request(scratch, bufsz, &msg, &fwd);
@@ -1548,6 +1655,61 @@ status_request(struct conn *c)
 	client_flush(c);
 }
 
+/* redirect_http: a plain request gets 301 to the same URL over TLS. */
+static void
+redirect_request(struct conn *c)
+{
+	struct out head;
+	struct slice h = msg.host;
+	char port[16] = "";
+	uint32_t i;
+
+	if (!buf_want(c, &c->rs)) {
+		send_error(c, 503);
+		return;
+	}
+	/* The host without its port; ours is the TLS listener's. */
+	for (i = 0; i < h.n && h.p[0] != '['; i++)
+		if (h.p[i] == ':') {
+			h.n = i;
+			break;
+		}
+	if (h.p != NULL && h.p[0] == '[')
+		for (i = 0; i < h.n; i++)
+			if (h.p[i] == ']') {
+				h.n = i + 1;
+				break;
+			}
+	if (tls_port != 443)
+		snprintf(port, sizeof(port), ":%d", tls_port);
+	if ((msg.flags & (HF_CL | HF_CHUNKED)) && !((msg.flags & HF_CL) &&
+	    msg.clen == 0))
+		c->flags |= F_CLOSE;
+	if (!(c->flags & F_KEEP) || draining)
+		c->flags |= F_CLOSE;
+	head.p = c->rs.d;
+	head.n = 0;
+	head.cap = bufsz;
+	out_add(&head, "HTTP/1.1 301 Moved Permanently\r\nLocation: "
+	    "https://%.*s%s%.*s\r\nContent-Length: 0\r\n%s\r\n",
+	    (int)h.n, h.p ? h.p : "", port, (int)msg.path.n, msg.path.p,
+	    c->flags & F_CLOSE ? "Connection: close\r\n" :
+	    c->minor == 0 ? "Connection: keep-alive\r\n" : "");
+	if (head.n >= bufsz - 1) {
+		send_error(c, 414);
+		return;
+	}
+	c->rs.off = 0;
+	c->rs.len = (uint32_t)head.n;
+	c->rfwd = c->rs.len;
+	c->rq.off += msg.head_len;
+	stats.classes[2]++;
+	c->flags |= F_RSTARTED;
+	c->cstate = C_SENT;
+	c->ustate = U_DONE;
+	client_flush(c);
+}
+
 /* Try to parse a request head from rq. */
 static void
 head_step(struct conn *c)
@@ -1597,7 +1759,7 @@ client_read(struct conn *c)
 	}
 	if (room == 0)
 		return;
-	n = recv(c->cfd, b->d + b->len, room, 0);
+	n = c_recv(c, b->d + b->len, room);
 	if (n < 0) {
 		if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
 			return;
@@ -1668,7 +1830,7 @@ up_read(struct conn *c)
 	}
 	if (room == 0)
 		return;
-	n = recv(c->ufd, b->d + b->len, room, 0);
+	n = u_recv(c, b->d + b->len, room);
 	if (n < 0) {
 		if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
 			return;
@@ -1802,8 +1964,13 @@ conn_update(struct conn *c)
 	}
 	if ((c->litlen > 0 || c->rfwd > 0) && !(c->flags & F_CSHUT))
 		ev |= POLLOUT;
-	if (client_wants_read(c))
+	if (client_wants_read(c)) {
 		ev |= POLLIN;
+		if (c->ctls != NULL && tls_pending(c->ctls))
+			kick(c, F_CKICK);
+	}
+	if (c->ctls != NULL && !(c->flags & F_CSHUT))
+		ev |= tls_events(c->ctls);
 	slot_set(c->cslot, c->cfd, ev, c->flags & F_CHUP);
 	if (c->ufd == -1)
 		return;
@@ -1814,8 +1981,13 @@ conn_update(struct conn *c)
 		if (c->qfwd > c->qsent && !(c->flags & (F_USHUT | F_UERR)))
 			ev |= POLLOUT;
 		if (!(c->flags & F_UEOF) &&
-		    can_read(c, &c->rs, c->ustate == U_HEAD))
+		    can_read(c, &c->rs, c->ustate == U_HEAD)) {
 			ev |= POLLIN;
+			if (c->utls != NULL && tls_pending(c->utls))
+				kick(c, F_UKICK);
+		}
+		if (c->utls != NULL)
+			ev |= tls_events(c->utls);
 	}
 	slot_set(c->uslot, c->ufd, ev, c->flags & F_UHUP);
 }
@@ -1839,6 +2011,9 @@ conn_deadline(const struct conn *c)
 {
 	switch (c->cstate) {
 	case C_IDLE:
+		/* A TLS handshake is part of the head: header_timeout. */
+		if (c->ctls != NULL && !tls_ready(c->ctls))
+			return c->tstart + cfg.header_timeout_ms;
 		return c->tstart + cfg.idle_timeout_ms;
 	case C_HEAD:
 		/* The whole head, not each byte: a trickling client is cut. */
@@ -2024,7 +2199,7 @@ evict_one(void)
 }
 
 static void
-do_accept(int lfd)
+do_accept(int lfd, int is_tls)
 {
 	static const char busy[] = "HTTP/1.1 503 Service Unavailable\r\n"
 	    "Content-Type: text/plain\r\nContent-Length: 24\r\n"
@@ -2035,6 +2210,9 @@ do_accept(int lfd)
 	int i, fd, one = 1;
 
 	for (i = 0; i < 64; i++) {
+		/* No TLS engine free: leave the client in the backlog. */
+		if (is_tls && tls_server_free() == 0)
+			return;
 		alen = sizeof(a);
 		fd = accept4(lfd, &a.sa, &alen, SOCK_NONBLOCK | SOCK_CLOEXEC);
 		if (fd == -1) {
@@ -2069,11 +2247,12 @@ do_accept(int lfd)
 		c = &conns[free_conns[--nfree_conns]];
 		nactive++;
 		stats.accepted++;
+		c->ctls = is_tls ? tls_server() : NULL;
 		c->cfd = fd;
 		c->ufd = -1;
 		c->uslot = -1;
 		c->peer = a;
-		c->flags &= F_DEFER;
+		c->flags &= F_DEFER | F_CKICK | F_UKICK;
 		if (cfg.max_conns_per_ip > 0)
 			c->flags |= F_COUNTED;
 		exchange_reset(c);
@@ -2099,19 +2278,28 @@ struct ready {
 static struct ready *ready;
 static int64_t accept_resume;	/* listeners paused (out of fds) until */
 
-/* Parse the pipelined heads queued by client_next. */
+/*
+ * Work queued for after this turn's events: pipelined heads to parse
+ * (F_DEFER) and TLS plaintext buffered in an engine, which poll() cannot
+ * report (F_CKICK, F_UKICK).
+ */
 static void
 run_deferred(void)
 {
 	int i, n = ndefer;
+	uint32_t f;
 
 	for (i = 0; i < n; i++) {
 		struct conn *c = &conns[deferq[i]];
 
-		c->flags &= ~F_DEFER;
-		if (c->cstate != C_HEAD || c->rq.d == NULL)
-			continue;
-		head_step(c);
+		f = c->flags & (F_DEFER | F_CKICK | F_UKICK);
+		c->flags &= ~(F_DEFER | F_CKICK | F_UKICK);
+		if ((f & F_DEFER) && c->cstate == C_HEAD && c->rq.d != NULL)
+			head_step(c);
+		if ((f & F_CKICK) && c->cstate != C_FREE && c->ctls != NULL)
+			client_read(c);
+		if ((f & F_UKICK) && c->cstate != C_FREE && c->ufd != -1)
+			up_read(c);
 		if (c->cstate != C_FREE)
 			conn_update(c);
 	}
@@ -2131,6 +2319,21 @@ listeners_pause(int pause)
 		if (OWN_KIND(owner[i]) == O_LISTEN)
 			pfd[i].fd = pause ? -1 : listen_fd[OWN_IDX(owner[i])];
 	accept_resume = pause ? now + 100 : 0;
+	if (!pause)
+		tls_listeners();
+}
+
+/* A TLS listener is polled only while an engine is free for a client:
+ * without one, new clients wait in the kernel's backlog. */
+static void
+tls_listeners(void)
+{
+	int i, on = tls_server_free() > 0 && accept_resume == 0;
+
+	for (i = 0; i < npfd; i++)
+		if (OWN_KIND(owner[i]) == O_LISTEN &&
+		    listen_is_tls[OWN_IDX(owner[i])])
+			pfd[i].fd = on ? listen_fd[OWN_IDX(owner[i])] : -1;
 }
 
 static void
@@ -2166,8 +2369,11 @@ dispatch(const struct ready *r)
 
 	switch (OWN_KIND(r->own)) {
 	case O_LISTEN:
-		if (!draining)
-			do_accept(listen_fd[idx]);
+		if (!draining) {
+			do_accept(listen_fd[idx], listen_is_tls[idx]);
+			if (listen_is_tls[idx])
+				tls_listeners();
+		}
 		return;
 	case O_CHECK:
 		if (servers[idx]->hc.fd != -1)
@@ -2349,6 +2555,38 @@ fail:
 	return -1;
 }
 
+static int
+listen_port(int fd)
+{
+	union addr a;
+	socklen_t len = sizeof(a);
+
+	if (getsockname(fd, &a.sa, &len) == -1)
+		return 443;
+	return ntohs(a.sa.sa_family == AF_INET6 ? a.in6.sin6_port :
+	    a.in.sin_port);
+}
+
+/* TLS engines: one per client connection on a TLS listener, up to
+ * [tls] connections; as many for upstream TLS when a server has tls. */
+static int
+tls_servers_needed(void)
+{
+	return cfg.tls.nlisten > 0 ? (int)cfg.tls.connections : 0;
+}
+
+static int
+tls_clients_needed(void)
+{
+	int i, j;
+
+	for (i = 0; i < cfg.nbackends; i++)
+		for (j = 0; j < cfg.backends[i].nsrv; j++)
+			if (cfg.backends[i].srv[j].tls)
+				return (int)cfg.tls.connections;
+	return 0;
+}
+
 /* Reserve every table once; the loop never allocates. */
 static int
 reserve(void)
@@ -2399,6 +2637,7 @@ reserve(void)
 		pool[pool_free++] = pool_mem + (size_t)i * bufsz;
 	for (i = 0; i < nlisten; i++)
 		pfd[loop_watch(listen_fd[i], O_LISTEN, (int)i)].events = POLLIN;
+	tls_listeners();
 	/* Twice the connections: room for the addresses behind them and
 	 * for recent ones that the rate limit must remember. */
 	if (acl_init(2 * nconn) == -1)
@@ -2407,7 +2646,9 @@ reserve(void)
 	mem.buffers = (size_t)cfg.buffers * (bufsz + sizeof(*pool));
 	mem.other = (size_t)nidles * sizeof(*idles) + (size_t)nslots *
 	    (sizeof(*pfd) + sizeof(*owner) + sizeof(*ready)) + 2 * bufsz +
-	    (size_t)nsrv * sizeof(*servers) + acl_table_size();
+	    (size_t)nsrv * sizeof(*servers) + acl_table_size() +
+	    (size_t)(tls_servers_needed() + tls_clients_needed()) *
+	    tls_engine_size();
 	logmsg(LOG_INFO, "reserved %zu KB: %ld connections of %zu B, "
 	    "%ld buffers of %u B, %d idle upstream slots, %ld poll slots",
 	    (mem.conns + mem.buffers + mem.other) / 1024, nconn,
@@ -2568,20 +2809,40 @@ main(int argc, char **argv)
 		conf_free(&cfg);
 		return 1;
 	}
+	/* Certificates and keys are read now, as root, before the fork:
+	 * a bad file is reported on the terminal (and by -t). */
+	if (tls_init(&cfg, test ? 0 : tls_servers_needed(), test ? 0 :
+	    tls_clients_needed(), err, sizeof(err)) == -1) {
+		fprintf(stderr, "%s\n", err);
+		conf_free(&cfg);
+		return 1;
+	}
 	if (test) {
 		printf("%s: configuration ok\n", conf_path);
+		tls_free();
 		conf_free(&cfg);
 		return 0;
 	}
-	listen_fd = calloc(cfg.nlisten, sizeof(*listen_fd));
-	if (listen_fd == NULL)
+	listen_fd = calloc(cfg.nlisten + cfg.tls.nlisten, sizeof(*listen_fd));
+	listen_is_tls = calloc(cfg.nlisten + cfg.tls.nlisten, 1);
+	if (listen_fd == NULL || listen_is_tls == NULL)
 		return 1;
-	for (i = 0; i < cfg.nlisten; i++) {
-		listen_fd[nlisten] = listen_on(cfg.listen[i]);
+	for (i = 0; i < cfg.nlisten + cfg.tls.nlisten; i++) {
+		int is_tls = i >= cfg.nlisten;
+		const char *spec = is_tls ? cfg.tls.listen[i - cfg.nlisten] :
+		    cfg.listen[i];
+
+		listen_fd[nlisten] = listen_on(spec);
 		if (listen_fd[nlisten] == -1)
 			return 1;
+		listen_is_tls[nlisten] = (uint8_t)is_tls;
+		if (is_tls && tls_port == 443 && i == cfg.nlisten)
+			tls_port = listen_port(listen_fd[nlisten]);
 		nlisten++;
 	}
+	if (cfg.tls.hsts > 0)
+		snprintf(hsts_line, sizeof(hsts_line),
+		    "Strict-Transport-Security: max-age=%ld\r\n", cfg.tls.hsts);
 	if (log_open() == -1) {
 		fprintf(stderr, "%s: log %s: %s\n", cfg.file, cfg.log,
 		    strerror(errno));
@@ -2611,6 +2872,8 @@ main(int argc, char **argv)
 	}
 	for (i = 0; i < cfg.nlisten; i++)
 		logmsg(LOG_NOTICE, "listening on %s", cfg.listen[i]);
+	for (i = 0; i < cfg.tls.nlisten; i++)
+		logmsg(LOG_NOTICE, "listening on %s (TLS)", cfg.tls.listen[i]);
 	if (ready_fd != -1) {
 		(void)write(ready_fd, "", 1);
 		close(ready_fd);

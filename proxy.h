@@ -371,6 +371,8 @@ void tls_close(struct tls *t, int fd);
 short tls_events(const struct tls *t);
 /* The handshake finished. */
 int tls_ready(const struct tls *t);
+/* Decrypted bytes wait in the engine: poll() will not say so. */
+int tls_pending(const struct tls *t);
 /* Plaintext already decrypted and waiting in the engine: call tls_recv
  * without waiting for poll(), which cannot see it. */
 int tls_pending(const struct tls *t);

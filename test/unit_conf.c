@@ -89,18 +89,12 @@ err_table(void)
 	    ":1: unknown section [foo]" },
 	{ "unknown section with name", "[foo bar]\n",
 	    ":1: unknown section [foo bar]" },
-	{ "tls later", "[proxy]\n[tls]\nlisten = 0.0.0.0:8443\n",
-	    ":2: [tls] is not supported by this build" },
-	{ "cert later", "[cert a]\n",
-	    ":1: [cert] is not supported by this build" },
 	{ "cache later", "\n[cache]\nsize = 1M\n",
 	    ":2: [cache] is not supported by this build" },
 	{ "rate later", "[proxy]\nrate = 10\n",
 	    ":2: 'rate' is not supported by this build" },
 	{ "access_log later", "[proxy]\naccess_log = /tmp/x\n",
 	    ":2: 'access_log' is not supported by this build" },
-	{ "ca later", "[backend b]\nca = /etc/ca.pem\n",
-	    ":2: 'ca' is not supported by this build" },
 	{ "status not a path", "[proxy]\nstatus = status\n",
 	    ":2: status: 'status' must start with '/'" },
 	{ "status_allow bad", "[proxy]\nstatus_allow = 10.0.0.0/33\n",
@@ -116,8 +110,6 @@ err_table(void)
 	    ":2: strip_prefix: want yes or no, not 'maybe'" },
 	{ "route allow later", "[route r]\nallow = 10.0.0.0/8\n",
 	    ":2: 'allow' is not supported by this build" },
-	{ "server tls later", "[backend b]\nserver = 127.0.0.1:443 tls\n",
-	    ":2: 'tls' is not supported by this build" },
 	{ "unknown backend key", "[backend web]\nfoo = 1\n",
 	    ":2: unknown key 'foo' in [backend web]" },
 	{ "unknown route key", "[route r1]\nfoo = 1\n",
@@ -270,6 +262,213 @@ err_table(void)
 	put_file("[foo]\n", 6);
 	rc = conf_load(file, &c, err, 8);
 	CHECK(rc == -1 && strlen(err) == 7, "short error buffer");
+	conf_free(&c);
+}
+
+/* [tls], [cert NAME], and tls servers in backends. */
+static void
+tls_err_table(void)
+{
+	static const struct {
+		const char *name, *text, *want;
+	} t[] = {
+	{ "tls listen needs cert", "[proxy]\n[tls]\nlisten = 0.0.0.0:8443\n",
+	    ":2: [tls]: cert is required" },
+	{ "tls listen needs key",
+	    "[tls]\nlisten = 127.0.0.1:8443\ncert = /x.pem\n",
+	    ":1: [tls]: key is required" },
+	{ "tls with a name", "[tls x]\n", ":1: [tls] takes no name" },
+	{ "duplicate tls", "[tls]\nsessions = 1\n[tls]\n",
+	    ":3: duplicate section [tls]" },
+	{ "unknown tls key", "[tls]\nfoo = 1\n",
+	    ":2: unknown key 'foo' in [tls]" },
+	{ "duplicate tls key", "[tls]\ncert = a\ncert = b\n",
+	    ":3: duplicate key 'cert' in [tls]" },
+	{ "tls continued scalar", "[tls]\nkey = a\n  b\n",
+	    ":3: key: takes one value (indented line continues it)" },
+	{ "tls cert empty", "[tls]\ncert =\n", ":2: cert: empty value" },
+	{ "sessions too many", "[tls]\nsessions = 100001\n",
+	    ":2: sessions: 100001 is out of range 0..100000" },
+	{ "sessions negative", "[tls]\nsessions = -1\n",
+	    ":2: sessions: bad number '-1'" },
+	{ "connections zero", "[tls]\nconnections = 0\n",
+	    ":2: connections: 0 is out of range 1..100000" },
+	{ "ciphers unknown", "[tls]\nciphers = fast\n",
+	    ":2: ciphers: want modern or compat, not 'fast'" },
+	{ "redirect_http bad", "[tls]\nredirect_http = maybe\n",
+	    ":2: redirect_http: want yes or no, not 'maybe'" },
+	{ "hsts with a unit", "[tls]\nhsts = 1y\n",
+	    ":2: hsts: bad number '1y'" },
+	{ "tls listen second word bad",
+	    "[tls]\nlisten = 127.0.0.1:8443 1.2.3.4:99999\n",
+	    ":2: listen: bad address '1.2.3.4:99999'" },
+	{ "tls listen continued bad",
+	    "[tls]\nlisten = 127.0.0.1:8443\n  :1\n",
+	    ":3: listen: bad address ':1'" },
+	{ "tls listen empty", "[tls]\nlisten =\n",
+	    ":2: listen: bad address ''" },
+	{ "cert without name", "[tls]\n[cert]\n",
+	    ":2: [cert] needs a name: [cert NAME]" },
+	{ "bad cert name", "[cert a/b]\n",
+	    ":1: bad cert name 'a/b' (letters, digits, '_', '-', '.')" },
+	{ "cert named tls", "[cert tls]\n",
+	    ":1: cert name 'tls' is taken by [tls]" },
+	{ "duplicate cert", "[tls]\n[cert a]\nhosts = a.org\n[cert a]\n",
+	    ":4: duplicate cert 'a'" },
+	{ "cert needs hosts", "[tls]\n[cert a]\ncert = x\nkey = y\n",
+	    ":2: [cert a]: hosts is required" },
+	{ "cert needs cert", "[tls]\n[cert a]\nhosts = a.org\nkey = y\n",
+	    ":2: [cert a]: cert is required" },
+	{ "cert needs key", "[tls]\n[cert a]\nhosts = a.org\ncert = x\n",
+	    ":2: [cert a]: key is required" },
+	{ "cert needs tls", "[cert a]\nhosts = a.org\ncert = x\nkey = y\n",
+	    ":1: [cert a]: needs a [tls] section" },
+	{ "cert hosts empty", "[tls]\n[cert a]\nhosts =\ncert = x\nkey = y\n",
+	    ":2: [cert a]: hosts is required" },
+	{ "cert host with a slash", "[tls]\n[cert a]\nhosts = a.org b/c\n",
+	    ":3: hosts: bad host name 'b/c'" },
+	{ "cert host bad wildcard", "[tls]\n[cert a]\nhosts = *a.org\n",
+	    ":3: hosts: bad wildcard '*a.org' (want *.suffix)" },
+	{ "cert host bare wildcard", "[tls]\n[cert a]\nhosts = *\n",
+	    ":3: hosts: bad wildcard '*' (want *.suffix)" },
+	{ "cert host inner star", "[tls]\n[cert a]\nhosts = a.*.org\n",
+	    ":3: hosts: bad host name 'a.*.org'" },
+	{ "cert host with port", "[tls]\n[cert a]\nhosts = a.org:443\n",
+	    ":3: hosts: bad host name 'a.org:443'" },
+	{ "cert host continued bad",
+	    "[tls]\n[cert a]\nhosts = a.org\n  [::1]\n",
+	    ":4: hosts: bad host name '[::1]'" },
+	{ "unknown cert key", "[tls]\n[cert a]\nfoo = 1\n",
+	    ":3: unknown key 'foo' in [cert a]" },
+	{ "duplicate cert key", "[cert a]\ncert = x\ncert = y\n",
+	    ":3: duplicate key 'cert' in [cert a]" },
+	{ "server tls needs ca",
+	    "[backend b]\nserver = 127.0.0.1:443 tls\n",
+	    ":1: backend 'b': server 127.0.0.1:443 tls needs ca" },
+	{ "server tls needs ca, second server",
+	    "[backend b]\nserver = 127.0.0.1:80\nserver = localhost:443 tls\n",
+	    ":1: backend 'b': server localhost:443 tls needs ca" },
+	{ "server tls twice",
+	    "[backend b]\nserver = 127.0.0.1:443 tls TLS\n",
+	    ":2: server: tls given twice" },
+	{ "ca empty", "[backend b]\nca =\n", ":2: ca: empty value" },
+	{ "ca twice", "[backend b]\nca = /a\nca = /b\n",
+	    ":3: duplicate key 'ca' in [backend b]" },
+	{ "earliest end error: backend before tls",
+	    "[backend x]\n[tls]\nlisten = 127.0.0.1:1\n",
+	    ":1: backend 'x': no server" },
+	{ "earliest end error: tls before backend",
+	    "[tls]\nlisten = 127.0.0.1:1\n[backend x]\n",
+	    ":1: [tls]: cert is required" },
+	{ "earliest end error: cert before route",
+	    "[tls]\n[cert c]\n[route r]\nbackend = zz\n",
+	    ":2: [cert c]: hosts is required" },
+	};
+	size_t i;
+
+	for (i = 0; i < sizeof(t) / sizeof(t[0]); i++)
+		err_case(t[i].name, t[i].text, strlen(t[i].text), t[i].want,
+		    0);
+}
+
+static void
+tls_config(void)
+{
+	static const char text[] =
+	    "[cert b]\n"
+	    "hosts = B.Example.org. *.example.net\n"
+	    "  c.example.com\n"
+	    "cert = /etc/proxy/b.pem\n"
+	    "key = /etc/proxy/b.key\n"
+	    "\n"
+	    "[tls]\n"
+	    "listen = 127.0.0.1:8443 [::1]:8443\n"
+	    "listen = 8444\n"
+	    "cert = /etc/proxy/site.pem\n"
+	    "key = /etc/proxy/site.key\n"
+	    "sessions = 0\n"
+	    "connections = 16\n"
+	    "redirect_http = yes\n"
+	    "hsts = 31536000\n"
+	    "ciphers = compat\n"
+	    "\n"
+	    "[cert c]\n"
+	    "hosts = x.org\n"
+	    "cert = /c.pem\n"
+	    "key = /c.key\n"
+	    "\n"
+	    "[backend app]\n"
+	    "server = localhost:9443 tls weight=2\n"
+	    "server = [::1]:9444 TLS\n"
+	    "server = 127.0.0.1:9001\n"
+	    "ca = /etc/ssl/ca.pem\n";
+	struct config c;
+	struct tls_conf *t = &c.tls;
+	struct server *s;
+	char err[512];
+	int rc;
+
+	rc = load(text, &c, err, sizeof(err));
+	CHECK(rc == 0, "tls config loads");
+	if (rc != 0) {
+		printf("  error: %s\n", err);
+		conf_free(&c);
+		return;
+	}
+	CHECK(t->nlisten == 3 && strcmp(t->listen[0], "127.0.0.1:8443") == 0 &&
+	    strcmp(t->listen[1], "[::1]:8443") == 0 &&
+	    strcmp(t->listen[2], "8444") == 0, "tls listen words and lines");
+	CHECK(c.nlisten == 1 && strcmp(c.listen[0], "0.0.0.0:8080") == 0,
+	    "tls listen leaves [proxy] listen alone");
+	CHECK(t->sessions == 0 && t->connections == 16 &&
+	    t->redirect_http == 1 && t->hsts == 31536000 && t->compat == 1,
+	    "tls values");
+	CHECK(t->ncerts == 3, "certs: [tls] and two [cert]");
+	if (t->ncerts == 3) {
+		CHECK(strcmp(t->certs[0].name, "tls") == 0 &&
+		    strcmp(t->certs[0].cert, "/etc/proxy/site.pem") == 0 &&
+		    strcmp(t->certs[0].key, "/etc/proxy/site.key") == 0 &&
+		    t->certs[0].nhosts == 0 && t->certs[0].line == 7,
+		    "certs[0] is [tls] even when [cert] comes first");
+		CHECK(strcmp(t->certs[1].name, "b") == 0 &&
+		    t->certs[1].line == 1 &&
+		    strcmp(t->certs[1].cert, "/etc/proxy/b.pem") == 0 &&
+		    strcmp(t->certs[1].key, "/etc/proxy/b.key") == 0,
+		    "[cert b]");
+		CHECK(t->certs[1].nhosts == 3 &&
+		    strcmp(t->certs[1].hosts[0], "b.example.org") == 0 &&
+		    strcmp(t->certs[1].hosts[1], "*.example.net") == 0 &&
+		    strcmp(t->certs[1].hosts[2], "c.example.com") == 0,
+		    "cert hosts: lower case, no trailing dot, continued");
+		CHECK(strcmp(t->certs[2].name, "c") == 0 &&
+		    t->certs[2].nhosts == 1, "[cert c]");
+	}
+	CHECK(c.nbackends == 1 && c.backends[0].nsrv == 3, "tls backend");
+	if (c.nbackends == 1 && c.backends[0].nsrv == 3) {
+		s = c.backends[0].srv;
+		CHECK(strcmp(c.backends[0].ca, "/etc/ssl/ca.pem") == 0, "ca");
+		CHECK(s[0].tls == 1 && s[0].weight == 2 &&
+		    strcmp(s[0].host, "localhost") == 0 &&
+		    strcmp(s[0].name, "localhost:9443") == 0,
+		    "server tls weight=2");
+		CHECK(s[1].tls == 1 && strcmp(s[1].host, "::1") == 0,
+		    "server TLS, v6 host");
+		CHECK(s[2].tls == 0 && strcmp(s[2].host, "127.0.0.1") == 0,
+		    "plain server has a host too");
+	}
+	conf_free(&c);
+	CHECK(c.tls.ncerts == 0 && c.tls.certs == NULL, "conf_free tls");
+
+	/* [tls] without listen needs no certificate: nothing is served. */
+	rc = load("[tls]\nsessions = 5\n", &c, err, sizeof(err));
+	CHECK(rc == 0 && c.tls.nlisten == 0 && c.tls.ncerts == 1 &&
+	    c.tls.certs[0].cert == NULL && c.tls.sessions == 5,
+	    "tls without listen");
+	conf_free(&c);
+	rc = load("[tls]\nciphers = MODERN\nredirect_http = off\n", &c, err,
+	    sizeof(err));
+	CHECK(rc == 0 && c.tls.compat == 0 && c.tls.redirect_http == 0,
+	    "ciphers modern, case-insensitive");
 	conf_free(&c);
 }
 
@@ -458,6 +657,10 @@ default_config(void)
 	    strcmp(c.hide_headers, "Server X-Powered-By") == 0,
 	    "default hide_headers");
 	CHECK(c.nroutes == 0 && c.nbackends == 0, "no routes");
+	CHECK(c.tls.nlisten == 0 && c.tls.ncerts == 0 &&
+	    c.tls.sessions == 128 && c.tls.connections == 64 &&
+	    c.tls.redirect_http == 0 && c.tls.hsts == 0 &&
+	    c.tls.compat == 0, "default tls");
 	conf_free(&c);
 
 	rc = load("[proxy]\ntrusted = off\nhide_headers = off\n"
@@ -860,6 +1063,8 @@ unit_conf(void)
 	good_config();
 	default_config();
 	err_table();
+	tls_err_table();
+	tls_config();
 	duration_table();
 	size_table();
 	cidr_table();
