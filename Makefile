@@ -46,8 +46,8 @@ deps:
 test/proxy-san: $(SRC) $(HDR)
 	$(CC) $(WARN) -O1 -g $(SAN) -o $@ $(SRC) $(LIBS)
 
-UNIT = test/unit.c test/unit_http.c test/unit_conf.c http.c conf.c balance.c \
-	tls.c
+UNIT = test/unit.c test/unit_http.c test/unit_conf.c test/unit_acl.c \
+	http.c conf.c balance.c tls.c acl.c
 test/unit-san: $(UNIT) $(HDR) test/unit.h
 	$(CC) $(WARN) -O1 -g $(SAN) -I. -o $@ $(UNIT) $(LIBS)
 

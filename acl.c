@@ -170,7 +170,7 @@ acl_rate(const struct sockaddr *sa, long rate, long burst, int64_t now,
 	if (rate <= 0)
 		return 1;
 	if (burst < 1)
-		burst = 1;
+		burst = rate;	/* unset: a second's worth at once */
 	if ((p = lookup(sa, 1, now)) == NULL)
 		return 1;
 	p->seen = now;

@@ -33,18 +33,24 @@ enum sect { S_NONE, S_PROXY, S_BACKEND, S_ROUTE, S_TLS, S_CERT };
 enum {
 	P_LISTEN, P_USER, P_CHROOT, P_PIDFILE, P_LOG, P_MAXCONN, P_BUFFERS,
 	P_BUFSIZE, P_MAXBODY, P_HDRTO, P_IDLETO, P_BACKTO, P_TRUSTED, P_HIDE,
-	P_STATUS, P_STATUS_ALLOW
+	P_STATUS, P_STATUS_ALLOW, P_ALLOW, P_DENY, P_MAXPERIP, P_RATE,
+	P_BURST
 };
 static const char *const proxy_keys[] = {
 	"listen", "user", "chroot", "pidfile", "log", "max_connections",
 	"buffers", "buffer_size", "max_body", "header_timeout",
 	"idle_timeout", "backend_timeout", "trusted", "hide_headers",
-	"status", "status_allow", NULL
+	"status", "status_allow", "allow", "deny", "max_conns_per_ip",
+	"rate", "rate_burst", NULL
 };
 
-enum { R_HOST, R_PATH, R_BACKEND, R_STRIP };
+/* Keys that may repeat, their values adding up. */
+#define P_LISTS	(1u << P_LISTEN | 1u << P_TRUSTED | 1u << P_HIDE | \
+	1u << P_STATUS_ALLOW | 1u << P_ALLOW | 1u << P_DENY)
+
+enum { R_HOST, R_PATH, R_BACKEND, R_STRIP, R_ALLOW, R_DENY };
 static const char *const route_keys[] = { "host", "path", "backend",
-	"strip_prefix", NULL };
+	"strip_prefix", "allow", "deny", NULL };
 
 enum { B_SERVER, B_HEALTH, B_INTERVAL, B_FAILTO, B_CA };
 static const char *const backend_keys[] = { "server", "health_check",
@@ -69,13 +75,12 @@ static const char *const cert_keys[] = { "hosts", "cert", "key", NULL };
  * so beats "unknown key" for a user who copied a newer example.
  */
 static const char *const proxy_later[] = {
-	"access_log", "max_conns_per_ip", "rate", "rate_burst",
-	"proxy_protocol", NULL
+	"access_log", "proxy_protocol", NULL
 };
 static const char *const backend_later[] = { NULL };
 static const char *const none_later[] = { NULL };
 static const char *const route_later[] = {
-	"cache", "auth", "allow", "deny", NULL
+	"cache", "auth", NULL
 };
 static const char *const sect_later[] = { "cache", NULL };
 
@@ -693,12 +698,11 @@ proxy_key(struct loader *l, const char *name, const char *v)
 
 	if ((k = lookup(proxy_keys, name)) < 0)
 		return unknown_key(l, name, proxy_later);
-	if (l->cont && k != P_LISTEN && k != P_TRUSTED && k != P_HIDE &&
-	    k != P_STATUS_ALLOW)
+	if (l->cont && !(P_LISTS & 1u << k))
 		return fail(l, "%s: takes one value (indented line continues "
 		    "it)", name);
-	if (!l->cont && k != P_LISTEN && k != P_TRUSTED &&
-	    k != P_STATUS_ALLOW && (l->seen & 1u << k))
+	if (!l->cont && (k == P_HIDE || !(P_LISTS & 1u << k)) &&
+	    (l->seen & 1u << k))
 		return fail(l, "duplicate key '%s' in [proxy]", name);
 	l->seen |= 1u << k;
 
@@ -745,6 +749,16 @@ proxy_key(struct loader *l, const char *name, const char *v)
 	case P_STATUS_ALLOW:
 		return add_cidrs(l, name, v, &c->status_allow,
 		    &c->nstatus_allow);
+	case P_ALLOW:
+		return add_cidrs(l, name, v, &c->allow, &c->nallow);
+	case P_DENY:
+		return add_cidrs(l, name, v, &c->deny, &c->ndeny);
+	case P_MAXPERIP:
+		return set_num(l, &c->max_conns_per_ip, name, v, 0, 100000);
+	case P_RATE:
+		return set_num(l, &c->rate, name, v, 0, 1000000);
+	case P_BURST:
+		return set_num(l, &c->rate_burst, name, v, 0, 1000000);
 	}
 	return 0;
 }
@@ -952,6 +966,10 @@ route_key(struct loader *l, const char *name, const char *v)
 
 	if ((k = lookup(route_keys, name)) < 0)
 		return unknown_key(l, name, route_later);
+	if (k == R_ALLOW)
+		return add_cidrs(l, name, v, &r->allow, &r->nallow);
+	if (k == R_DENY)
+		return add_cidrs(l, name, v, &r->deny, &r->ndeny);
 	if (l->cont)
 		return fail(l, "%s: takes one value (indented line continues "
 		    "it)", name);
@@ -1622,6 +1640,8 @@ conf_free(struct config *c)
 	free(c->hide_headers);
 	free(c->status);
 	free(c->status_allow);
+	free(c->allow);
+	free(c->deny);
 	for (i = 0; i < c->nbackends; i++) {
 		free(c->backends[i].health_check);
 		free(c->backends[i].ca);
@@ -1638,6 +1658,8 @@ conf_free(struct config *c)
 		free(c->routes[i].host);
 		free(c->routes[i].path);
 		free(c->routes[i].backend_name);
+		free(c->routes[i].allow);
+		free(c->routes[i].deny);
 	}
 	free(c->routes);
 	for (i = 0; i < c->tls.nlisten; i++)

@@ -36,6 +36,7 @@
 #define DRAIN_MS	5000	/* TERM: how long in-flight requests get */
 #define IDLE_PER_SERVER	32	/* idle upstream connections kept per server */
 #define CONNECT_MS	5000	/* connect timeout, when backend_timeout is longer */
+#define MIN_BODY_RATE	256	/* bytes/s a request body must average */
 #define LOG_BUF		8192
 
 enum cstate {
@@ -124,6 +125,8 @@ struct conn {
 	struct server *srv;
 	uint8_t tries;		/* servers that failed this request */
 	int16_t route;		/* the route of the request in flight */
+	int64_t tbody;		/* when the request body began (ms) */
+	uint64_t qbytes;	/* body bytes read since (slow-body check) */
 	uint32_t host_hash;	/* of its Host (strip_prefix Location) */
 	int64_t tstart;		/* when the current state began (ms) */
 	int64_t tprog;		/* last progress on either side (ms) */
@@ -1460,6 +1463,8 @@ req_start(struct conn *c)
 	b->len = n + tail;
 	c->qfwd = n;
 
+	c->tbody = now;
+	c->qbytes = 0;
 	if (msg.flags & HF_CHUNKED) {
 		c->qmode = M_CHUNK;
 		http_chunk_init(&c->qch);
@@ -1796,6 +1801,18 @@ client_read(struct conn *c)
 			head_step(c);
 		return;
 	case C_BODY:
+		/* A body trickled in slower than MIN_BODY_RATE (past a grace
+		 * of header_timeout) holds a backend hostage: cut it. */
+		c->qbytes += (uint64_t)n;
+		if (now - c->tbody > cfg.header_timeout_ms &&
+		    c->qbytes * 1000 < (uint64_t)(now - c->tbody) *
+		    MIN_BODY_RATE) {
+			logmsg(LOG_INFO, "request body too slow: %llu bytes "
+			    "in %lld ms", (unsigned long long)c->qbytes,
+			    (long long)(now - c->tbody));
+			send_error(c, 408);
+			return;
+		}
 		req_absorb(c);
 		if (in_exchange(c))
 			up_flush(c);
@@ -2027,8 +2044,13 @@ conn_deadline(const struct conn *c)
 		if (c->ustate == U_CONNECT)
 			return c->tprog + (cfg.backend_timeout_ms < CONNECT_MS ?
 			    cfg.backend_timeout_ms : CONNECT_MS);
-		return c->tprog + (waits_on_backend(c) ?
-		    cfg.backend_timeout_ms : cfg.idle_timeout_ms);
+		if (waits_on_backend(c))
+			return c->tprog + cfg.backend_timeout_ms;
+		/* A body that stops coming ties up a backend connection:
+		 * it gets no more than a head would. */
+		if (c->cstate == C_BODY && c->litlen == 0 && c->rfwd == 0)
+			return c->tprog + cfg.header_timeout_ms;
+		return c->tprog + cfg.idle_timeout_ms;
 	}
 }
 
@@ -2055,6 +2077,10 @@ conn_expire(struct conn *c)
 			    c->srv->name);
 			c->srv->failures++;
 			send_error(c, 504);
+			break;
+		}
+		if (c->cstate == C_BODY && !waits_on_backend(c)) {
+			send_error(c, 408);	/* the body stopped coming */
 			break;
 		}
 		conn_close(c);

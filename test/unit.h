@@ -17,4 +17,5 @@ extern int unit_pass, unit_fail;
 
 void unit_http(void);
 void unit_conf(void);
+void unit_acl(void);
 #endif

@@ -1,0 +1,126 @@
+/* Unit tests of acl.c: token buckets, per-address caps, allow/deny. */
+#include <string.h>
+#include <arpa/inet.h>
+
+#include "proxy.h"
+#include "unit.h"
+
+static struct sockaddr_in
+v4(const char *s)
+{
+	struct sockaddr_in a;
+
+	memset(&a, 0, sizeof(a));
+	a.sin_family = AF_INET;
+	inet_pton(AF_INET, s, &a.sin_addr);
+	return a;
+}
+
+static struct sockaddr_in6
+v6(const char *s)
+{
+	struct sockaddr_in6 a;
+
+	memset(&a, 0, sizeof(a));
+	a.sin6_family = AF_INET6;
+	inet_pton(AF_INET6, s, &a.sin6_addr);
+	return a;
+}
+
+static void
+rate_tests(void)
+{
+	struct sockaddr_in a = v4("192.0.2.1"), b = v4("192.0.2.2");
+	struct sockaddr_in6 m = v6("::ffff:192.0.2.1");
+	int i, ok, retry;
+
+	/* rate 2/s, burst 3: three at once, then one per 500 ms. */
+	for (ok = 1, i = 0; i < 3; i++)
+		ok &= acl_rate((struct sockaddr *)&a, 2, 3, 1000, &retry);
+	CHECK(ok, "burst of 3 passes");
+	CHECK(!acl_rate((struct sockaddr *)&a, 2, 3, 1000, &retry) &&
+	    retry == 1, "4th refused, Retry-After 1");
+	CHECK(!acl_rate((struct sockaddr *)&m, 2, 3, 1000, &retry),
+	    "v4-mapped v6 is the same client");
+	CHECK(acl_rate((struct sockaddr *)&b, 2, 3, 1000, &retry),
+	    "another address has its own bucket");
+	CHECK(!acl_rate((struct sockaddr *)&a, 2, 3, 1400, &retry),
+	    "400 ms: not yet a token");
+	CHECK(acl_rate((struct sockaddr *)&a, 2, 3, 1500, &retry),
+	    "500 ms: one token back");
+	CHECK(!acl_rate((struct sockaddr *)&a, 2, 3, 1500, &retry),
+	    "and only one");
+	CHECK(acl_rate((struct sockaddr *)&a, 0, 0, 1500, &retry),
+	    "rate 0: no limit");
+	/* burst unset: a second's worth. */
+	for (ok = 1, i = 0; i < 5; i++)
+		ok &= acl_rate((struct sockaddr *)&b, 5, 0, 9000, &retry);
+	CHECK(ok && !acl_rate((struct sockaddr *)&b, 5, 0, 9000, &retry),
+	    "burst defaults to rate");
+}
+
+static void
+conn_tests(void)
+{
+	struct sockaddr_in a = v4("198.51.100.7");
+	char ip[32];
+	int i, ok;
+
+	CHECK(acl_conn_open((struct sockaddr *)&a, 2, 0) &&
+	    acl_conn_open((struct sockaddr *)&a, 2, 0), "two open");
+	CHECK(!acl_conn_open((struct sockaddr *)&a, 2, 0), "third refused");
+	acl_conn_close((struct sockaddr *)&a, 2);
+	CHECK(acl_conn_open((struct sockaddr *)&a, 2, 0), "after a close");
+	CHECK(acl_conn_open((struct sockaddr *)&a, 0, 0), "0: no cap");
+
+	/* Rotating addresses cannot grow the table; the busy address
+	 * keeps its count while idle ones are forgotten. */
+	for (i = 0; i < 20000; i++) {
+		struct sockaddr_in r;
+
+		snprintf(ip, sizeof(ip), "10.%d.%d.%d", i >> 16 & 255,
+		    i >> 8 & 255, i & 255);
+		r = v4(ip);
+		acl_conn_open((struct sockaddr *)&r, 5, 10 + i);
+		acl_conn_close((struct sockaddr *)&r, 5);
+	}
+	CHECK(!acl_conn_open((struct sockaddr *)&a, 2, 30000),
+	    "busy address survives a flood of others");
+	CHECK(acl_table_size() < 1024 * 1024, "table stays its size");
+	ok = 1;
+	(void)ok;
+}
+
+static void
+allow_tests(void)
+{
+	struct cidr allow[2], deny[1];
+	struct sockaddr_in in = v4("192.168.1.9"), out = v4("8.8.8.8"),
+	    bad = v4("192.168.1.66");
+	struct sockaddr_in6 six = v6("2001:db8::5");
+
+	conf_cidr("192.168.0.0/16", &allow[0]);
+	conf_cidr("2001:db8::/32", &allow[1]);
+	conf_cidr("192.168.1.64/26", &deny[0]);
+	CHECK(acl_allowed(allow, 2, deny, 1, (struct sockaddr *)&in),
+	    "in allow, not denied");
+	CHECK(!acl_allowed(allow, 2, deny, 1, (struct sockaddr *)&out),
+	    "outside allow");
+	CHECK(!acl_allowed(allow, 2, deny, 1, (struct sockaddr *)&bad),
+	    "deny wins over allow");
+	CHECK(acl_allowed(allow, 2, deny, 1, (struct sockaddr *)&six),
+	    "v6 allow");
+	CHECK(acl_allowed(NULL, 0, deny, 1, (struct sockaddr *)&out),
+	    "no allow list: all but denied");
+	CHECK(acl_allowed(NULL, 0, NULL, 0, (struct sockaddr *)&bad),
+	    "no lists: all");
+}
+
+void
+unit_acl(void)
+{
+	CHECK(acl_init(64) == 0, "acl_init");
+	rate_tests();
+	conn_tests();
+	allow_tests();
+}
