@@ -34,14 +34,14 @@ enum {
 	P_LISTEN, P_USER, P_CHROOT, P_PIDFILE, P_LOG, P_MAXCONN, P_BUFFERS,
 	P_BUFSIZE, P_MAXBODY, P_HDRTO, P_IDLETO, P_BACKTO, P_TRUSTED, P_HIDE,
 	P_STATUS, P_STATUS_ALLOW, P_ALLOW, P_DENY, P_MAXPERIP, P_RATE,
-	P_BURST
+	P_BURST, P_ACCESS
 };
 static const char *const proxy_keys[] = {
 	"listen", "user", "chroot", "pidfile", "log", "max_connections",
 	"buffers", "buffer_size", "max_body", "header_timeout",
 	"idle_timeout", "backend_timeout", "trusted", "hide_headers",
 	"status", "status_allow", "allow", "deny", "max_conns_per_ip",
-	"rate", "rate_burst", NULL
+	"rate", "rate_burst", "access_log", NULL
 };
 
 /* Keys that may repeat, their values adding up. */
@@ -75,7 +75,7 @@ static const char *const cert_keys[] = { "hosts", "cert", "key", NULL };
  * so beats "unknown key" for a user who copied a newer example.
  */
 static const char *const proxy_later[] = {
-	"access_log", "proxy_protocol", NULL
+	"proxy_protocol", NULL
 };
 static const char *const backend_later[] = { NULL };
 static const char *const none_later[] = { NULL };
@@ -759,6 +759,8 @@ proxy_key(struct loader *l, const char *name, const char *v)
 		return set_num(l, &c->rate, name, v, 0, 1000000);
 	case P_BURST:
 		return set_num(l, &c->rate_burst, name, v, 0, 1000000);
+	case P_ACCESS:
+		return set_str(l, &c->access_log, name, v, 1);
 	}
 	return 0;
 }
@@ -1636,6 +1638,7 @@ conf_free(struct config *c)
 	free(c->chroot_dir);
 	free(c->pidfile);
 	free(c->log);
+	free(c->access_log);
 	free(c->trusted);
 	free(c->hide_headers);
 	free(c->status);

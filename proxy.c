@@ -90,6 +90,7 @@ enum {
 	F_COUNTED = 1 << 23,	/* counted by acl_conn_open */
 	F_CKICK = 1 << 24,	/* queued: TLS plaintext waits for the client */
 	F_UKICK = 1 << 25,	/* queued: the same from the upstream */
+	F_LOGREQ = 1 << 26,	/* a request to write to the access log */
 };
 
 /* Bytes d[off..len) are unconsumed; d is NULL while the buffer is not lent. */
@@ -126,6 +127,10 @@ struct conn {
 	uint8_t tries;		/* servers that failed this request */
 	int16_t route;		/* the route of the request in flight */
 	int64_t tbody;		/* when the request body began (ms) */
+	int64_t treq;		/* when the request head was complete (ms) */
+	uint64_t sent;		/* response bytes sent (access log) */
+	uint32_t rhead;		/* of those, head bytes */
+	int16_t status;		/* final status sent, 0: none yet */
 	uint64_t qbytes;	/* body bytes read since (slow-body check) */
 	uint32_t host_hash;	/* of its Host (strip_prefix Location) */
 	int64_t tstart;		/* when the current state began (ms) */
@@ -204,23 +209,76 @@ static char logbuf[LOG_BUF];
 static size_t loglen;
 static int log_fd = 2, log_syslog;
 
+/* Access log: one line per request, collected and written once a turn. */
+static const char *log_bad;	/* the file log_open could not open */
+static char alogbuf[2 * LOG_BUF];
+static size_t aloglen;
+static int alog_fd = -1;
+
 static void
-log_flush(void)
+write_all(int fd, const char *p, size_t len)
 {
 	size_t off = 0;
 	ssize_t n;
 
-	if (log_syslog) {
-		loglen = 0;
-		return;
-	}
-	while (off < loglen) {
-		n = write(log_fd, logbuf + off, loglen - off);
+	while (off < len) {
+		n = write(fd, p + off, len - off);
 		if (n <= 0)
 			break;	/* a full disk must not stop the proxy */
-		off += n;
+		off += (size_t)n;
 	}
+}
+
+static void
+log_flush(void)
+{
+	if (!log_syslog)
+		write_all(log_fd, logbuf, loglen);
 	loglen = 0;
+	if (alog_fd != -1)
+		write_all(alog_fd, alogbuf, aloglen);
+	aloglen = 0;
+}
+
+/*
+ * A message repeating fast (one per failing request under load, say) is
+ * written at most LOG_BURST times a second; the rest are counted and the
+ * count is written when its next second begins. Keyed by the format.
+ */
+#define LOG_BURST	10
+#define LOG_KINDS	16
+
+static int
+log_allowed(const char *fmt, time_t sec, uint32_t *dropped)
+{
+	static struct {
+		const char *fmt;
+		time_t sec;
+		uint32_t n, dropped;
+	} kinds[LOG_KINDS];
+	unsigned i, h = (unsigned)((uintptr_t)fmt >> 3) % LOG_KINDS;
+
+	*dropped = 0;
+	for (i = 0; i < LOG_KINDS; i++) {
+		unsigned k = (h + i) % LOG_KINDS;
+
+		if (kinds[k].fmt != fmt && kinds[k].fmt != NULL &&
+		    kinds[k].sec == sec)
+			continue;	/* busy with another format */
+		if (kinds[k].fmt != fmt || kinds[k].sec != sec) {
+			if (kinds[k].fmt == fmt)
+				*dropped = kinds[k].dropped;
+			kinds[k].fmt = fmt;
+			kinds[k].sec = sec;
+			kinds[k].n = 0;
+			kinds[k].dropped = 0;
+		}
+		if (++kinds[k].n <= LOG_BURST)
+			return 1;
+		kinds[k].dropped++;
+		return 0;
+	}
+	return 1;	/* too many kinds at once: no limit */
 }
 
 void
@@ -229,9 +287,16 @@ logmsg(int prio, const char *fmt, ...)
 	static const char *names[] = { "emerg", "alert", "crit", "error",
 	    "warn", "notice", "info", "debug" };
 	char line[512];
+	struct timespec ts;
+	uint32_t dropped;
 	va_list ap;
 	int n;
 
+	clock_gettime(CLOCK_REALTIME, &ts);
+	if (!log_allowed(fmt, ts.tv_sec, &dropped))
+		return;
+	if (dropped > 0)
+		logmsg(LOG_NOTICE, "(%u similar messages dropped)", dropped);
 	va_start(ap, fmt);
 	n = vsnprintf(line, sizeof(line), fmt, ap);
 	va_end(ap);
@@ -246,10 +311,8 @@ logmsg(int prio, const char *fmt, ...)
 	if (loglen + n + 64 > sizeof(logbuf))
 		log_flush();
 	{
-		struct timespec ts;
 		struct tm tm;
 
-		clock_gettime(CLOCK_REALTIME, &ts);
 		gmtime_r(&ts.tv_sec, &tm);
 		loglen += strftime(logbuf + loglen, 32, "%Y-%m-%dT%H:%M:%SZ ",
 		    &tm);
@@ -263,6 +326,18 @@ log_open(void)
 {
 	int fd;
 
+	if (cfg.access_log != NULL) {
+		fd = open(cfg.access_log, O_WRONLY | O_APPEND | O_CREAT |
+		    O_CLOEXEC, 0640);
+		if (fd == -1) {
+			log_bad = cfg.access_log;
+			return -1;
+		}
+		if (alog_fd != -1)
+			close(alog_fd);
+		alog_fd = fd;
+	}
+
 	if (foreground || cfg.log == NULL || strcmp(cfg.log, "stderr") == 0) {
 		log_fd = 2;
 		return 0;
@@ -273,12 +348,151 @@ log_open(void)
 		return 0;
 	}
 	fd = open(cfg.log, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
-	if (fd == -1)
+	if (fd == -1) {
+		log_bad = cfg.log;
 		return -1;
+	}
 	if (log_fd > 2)
 		close(log_fd);
 	log_fd = fd;
 	return 0;
+}
+
+static const char *client_ip(struct conn *c, char *out, size_t len);
+
+/*
+ * Access log records: what the line needs from the request head, kept
+ * per connection from the head (which is rewritten and sent on) to the
+ * end of the response. Reserved only when access_log is on.
+ */
+#define ALOG_REQ	160	/* "METHOD target HTTP/1.x", quoted */
+#define ALOG_REC	256	/* and "referer" "user-agent" after it */
+static char *alog_rec;
+
+/* Quote s into out (at most cap bytes, NUL included): no '"', '\\' or
+ * control bytes reach the file (log injection), long values are cut. */
+static void
+alog_quote(char *out, size_t cap, const struct slice *parts, int nparts)
+{
+	static const char hex[] = "0123456789abcdef";
+	size_t o = 0;
+	uint32_t i;
+	int k;
+
+	out[o++] = '"';
+	for (k = 0; k < nparts; k++) {
+		if (k > 0 && o < cap - 2)
+			out[o++] = ' ';
+		for (i = 0; i < parts[k].n && o < cap - 6; i++) {
+			unsigned char ch = (unsigned char)parts[k].p[i];
+
+			if (ch >= 0x20 && ch < 0x7f && ch != '"' && ch != '\\') {
+				out[o++] = (char)ch;
+				continue;
+			}
+			out[o++] = '\\';
+			out[o++] = 'x';
+			out[o++] = hex[ch >> 4];
+			out[o++] = hex[ch & 15];
+		}
+		if (i < parts[k].n && o < cap - 5) {
+			memcpy(out + o, "...", 3);
+			o += 3;
+		}
+	}
+	out[o++] = '"';
+	out[o] = '\0';
+}
+
+static struct slice
+header_value(const struct http_msg *m, const char *name)
+{
+	struct slice none = { "-", 1 };
+	int i;
+
+	for (i = 0; i < m->nh; i++)
+		if (slice_eq(m->h[i].name, name))
+			return m->h[i].value;
+	return none;
+}
+
+/* A request begins (m NULL: a head that could not be parsed). */
+static void
+alog_begin(struct conn *c, const struct http_msg *m)
+{
+	char *rec;
+	struct slice v[3];
+	char ver[9];
+	size_t len;
+
+	if (alog_rec == NULL)
+		return;
+	rec = alog_rec + (size_t)(c - conns) * ALOG_REC;
+	c->flags |= F_LOGREQ;
+	c->treq = now;
+	if (m == NULL) {
+		strcpy(rec, "\"-\"");
+		strcpy(rec + ALOG_REQ, "\"-\" \"-\"");
+		return;
+	}
+	snprintf(ver, sizeof(ver), "HTTP/1.%d", m->minor);
+	v[0] = m->method;
+	v[1] = m->target;
+	v[2].p = ver;
+	v[2].n = 8;
+	alog_quote(rec, ALOG_REQ, v, 3);
+	v[0] = header_value(m, "Referer");
+	alog_quote(rec + ALOG_REQ, (ALOG_REC - ALOG_REQ) / 2, v, 1);
+	v[0] = header_value(m, "User-Agent");
+	len = strlen(rec + ALOG_REQ);
+	rec[ALOG_REQ + len] = ' ';
+	alog_quote(rec + ALOG_REQ + len + 1, ALOG_REC - ALOG_REQ - len - 1,
+	    v, 1);
+}
+
+/*
+ * The request ended: Combined Log Format, then the request time in
+ * seconds and the upstream server ("-" when none):
+ * 127.0.0.1 - - [30/Nov/2026:02:13:14 +0000] "GET / HTTP/1.1" 200 27
+ * "-" "curl/7.88.1" 0.002 127.0.0.1:9001
+ */
+static void
+alog_end(struct conn *c)
+{
+	static time_t last;
+	static char when[40];
+	char ip[INET6_ADDRSTRLEN], st[8];
+	const char *rec;
+	struct timespec ts;
+	int n;
+
+	if (!(c->flags & F_LOGREQ))
+		return;
+	c->flags &= ~F_LOGREQ;
+	rec = alog_rec + (size_t)(c - conns) * ALOG_REC;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	if (ts.tv_sec != last) {
+		struct tm tm;
+
+		gmtime_r(&ts.tv_sec, &tm);
+		strftime(when, sizeof(when), "[%d/%b/%Y:%H:%M:%S +0000]", &tm);
+		last = ts.tv_sec;
+	}
+	if (c->status > 0)
+		snprintf(st, sizeof(st), "%d", c->status);
+	else
+		strcpy(st, "-");	/* closed before an answer */
+	if (aloglen + 2 * ALOG_REC + 160 > sizeof(alogbuf))
+		log_flush();
+	n = snprintf(alogbuf + aloglen, sizeof(alogbuf) - aloglen,
+	    "%s - - %s %s %s %llu %s %lld.%03lld %s\n",
+	    client_ip(c, ip, sizeof(ip)), when, rec, st,
+	    (unsigned long long)(c->sent > c->rhead ? c->sent - c->rhead : 0),
+	    rec + ALOG_REQ, (long long)(now - c->treq) / 1000,
+	    (long long)(now - c->treq) % 1000,
+	    c->srv != NULL ? c->srv->name : "-");
+	if (n > 0 && (size_t)n < sizeof(alogbuf) - aloglen)
+		aloglen += (size_t)n;
 }
 
 /* --------------------------------------------------------------- time */
@@ -573,6 +787,7 @@ up_close(struct conn *c)
 static void
 conn_close(struct conn *c)
 {
+	alog_end(c);
 	up_close(c);
 	if (c->cfd != -1) {
 		loop_unwatch(c->cslot);
@@ -613,6 +828,9 @@ exchange_reset(struct conn *c)
 	c->litlen = 0;
 	c->srv = NULL;
 	c->tries = 0;
+	c->status = 0;
+	c->sent = 0;
+	c->rhead = 0;
 	c->flags &= F_TRUSTED | F_CBLOCK | F_WAITBUF | F_CEOF | F_CHUP |
 	    F_DEFER | F_COUNTED | F_CKICK | F_UKICK;
 }
@@ -630,6 +848,7 @@ client_finish(struct conn *c)
 	int unread = c->cstate != C_SENT ||
 	    (c->rq.d != NULL && c->rq.len > c->rq.off + c->qfwd);
 
+	alog_end(c);
 	up_close(c);
 	if ((c->flags & F_CEOF) || !unread) {
 		conn_close(c);
@@ -661,6 +880,9 @@ send_error(struct conn *c, int code)
 		logmsg(LOG_WARNING, "%d for %s", code,
 		    c->srv ? c->srv->name : "client");
 	stats.classes[code / 100 - 1]++;
+	if (!(c->flags & F_LOGREQ))
+		alog_begin(c, NULL);	/* a head we could not parse */
+	c->status = (int16_t)code;
 	buf_put(c, &c->rs);
 	c->rfwd = 0;
 	{
@@ -1044,6 +1266,8 @@ resp_head(struct conn *c)
 				return;
 			}
 			stats.classes[0]++;
+			c->status = 101;
+			c->rhead += (uint32_t)n;
 			/* Everything after the 101 is tunnel data. */
 			c->rfwd = b->len;
 			c->qfwd = c->rq.len - c->rq.off;
@@ -1068,6 +1292,7 @@ resp_head(struct conn *c)
 				return;
 			}
 			c->rfwd += n;
+			c->rhead += (uint32_t)n;
 			c->flags |= F_RSTARTED;
 			continue;
 		}
@@ -1108,6 +1333,8 @@ resp_head(struct conn *c)
 		return;
 	}
 	stats.classes[msg.status / 100 - 1]++;
+	c->status = (int16_t)msg.status;
+	c->rhead += (uint32_t)n;
 	c->rfwd += n;
 	c->flags |= F_RSTARTED;
 	c->ustate = U_BODY;
@@ -1163,6 +1390,7 @@ resp_absorb(struct conn *c)
 static void
 client_next(struct conn *c)
 {
+	alog_end(c);
 	exchange_reset(c);
 	buf_put(c, &c->rs);
 	c->ustate = U_NONE;
@@ -1206,6 +1434,8 @@ client_flush(struct conn *c)
 		}
 		c->lit += n;
 		c->litlen -= n;
+		c->sent += (uint64_t)n;
+		c->rhead += (uint32_t)n;
 		c->tprog = now;
 	}
 	if (c->rfwd > 0) {
@@ -1219,6 +1449,7 @@ client_flush(struct conn *c)
 		}
 		c->rs.off += n;
 		c->rfwd -= n;
+		c->sent += (uint64_t)n;
 		c->tprog = now;
 		if (c->rs.off == c->rs.len)
 			c->rs.off = c->rs.len = 0;
@@ -1375,6 +1606,7 @@ req_start(struct conn *c)
 	int r, n;
 
 	stats.requests++;
+	alog_begin(c, &msg);
 	c->minor = (uint8_t)msg.minor;
 	if (msg.minor == 1 ? !(msg.flags & HF_CLOSE) :
 	    (msg.flags & HF_KEEPALIVE) != 0)
@@ -1654,6 +1886,8 @@ status_request(struct conn *c)
 	c->rfwd = c->rs.len;
 	c->rq.off += msg.head_len;
 	stats.classes[1]++;
+	c->status = 200;
+	c->rhead = (uint32_t)head.n;
 	c->flags |= F_RSTARTED;
 	c->cstate = C_SENT;
 	c->ustate = U_DONE;
@@ -1709,6 +1943,8 @@ redirect_request(struct conn *c)
 	c->rfwd = c->rs.len;
 	c->rq.off += msg.head_len;
 	stats.classes[2]++;
+	c->status = 301;
+	c->rhead = (uint32_t)head.n;
 	c->flags |= F_RSTARTED;
 	c->cstate = C_SENT;
 	c->ustate = U_DONE;
@@ -2438,10 +2674,10 @@ loop(void)
 		if (sig_usr1) {
 			sig_usr1 = 0;
 			if (log_open() == -1)
-				logmsg(LOG_ERR, "reopen %s: %s", cfg.log,
+				logmsg(LOG_ERR, "reopen %s: %s", log_bad,
 				    strerror(errno));
 			else
-				logmsg(LOG_NOTICE, "log reopened");
+				logmsg(LOG_NOTICE, "logs reopened");
 		}
 		if (sig_hup) {
 			sig_hup = 0;
@@ -2642,6 +2878,9 @@ reserve(void)
 	pfd = calloc(nslots, sizeof(*pfd));
 	owner = calloc(nslots, sizeof(*owner));
 	ready = calloc(nslots, sizeof(*ready));
+	if (cfg.access_log != NULL &&
+	    (alog_rec = calloc(nconn, ALOG_REC)) == NULL)
+		return -1;
 	deferq = calloc(nconn, sizeof(*deferq));
 	pool = calloc(cfg.buffers, sizeof(*pool));
 	/* Not touched here: pages cost RSS only once a buffer is used. */
@@ -2870,7 +3109,7 @@ main(int argc, char **argv)
 		snprintf(hsts_line, sizeof(hsts_line),
 		    "Strict-Transport-Security: max-age=%ld\r\n", cfg.tls.hsts);
 	if (log_open() == -1) {
-		fprintf(stderr, "%s: log %s: %s\n", cfg.file, cfg.log,
+		fprintf(stderr, "%s: log %s: %s\n", cfg.file, log_bad,
 		    strerror(errno));
 		return 1;
 	}

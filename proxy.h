@@ -220,6 +220,7 @@ struct route {
 	int strip_prefix;	/* forward /app/x as /x; rewrite Location */
 	struct cidr *allow, *deny;	/* route ACL (deny wins) */
 	int nallow, ndeny;
+	int cache;		/* cache = yes: use the [cache] */
 };
 
 /* A certificate with its key, chosen by SNI ([cert NAME]) or the default. */
@@ -248,6 +249,7 @@ struct config {
 	char **listen;		/* "host:port" strings */
 	int nlisten;
 	char *user, *chroot_dir, *pidfile, *log;
+	char *access_log;	/* NULL: off */
 	long max_connections, buffers, buffer_size;
 	uint64_t max_body;
 	long header_timeout_ms, idle_timeout_ms, backend_timeout_ms;
@@ -266,6 +268,8 @@ struct config {
 	struct route *routes;
 	int nroutes;
 	struct tls_conf tls;	/* [tls] and [cert NAME] sections */
+	uint64_t cache_size;	/* [cache] size, 0: off */
+	uint64_t cache_max_object;	/* [cache] max_object */
 };
 
 /*
@@ -308,6 +312,107 @@ int64_t bal_checks_run(struct config *c, int64_t now);
 void bal_check_event(struct server *s, short revents, int64_t now);
 /* Close health checks in flight (stop, reload). */
 void bal_checks_stop(struct config *c);
+
+/* -------------------------------------------------------------- cache.c */
+
+/*
+ * The shared response cache (RFC 9111): one arena of [cache] size bytes
+ * reserved by cache_init, holding fixed-size blocks chained per object, a
+ * hash index and an LRU list; no allocation afterwards. Pure: no I/O.
+ * Times are wall-clock seconds (Date, Expires, Age are wall-clock).
+ */
+struct cache_ref {		/* a reader's position in a stored response */
+	uint32_t obj;		/* object index */
+	uint32_t gen;		/* the object's generation when looked up */
+	uint32_t off;		/* bytes of the stored response already read */
+	uint32_t age;		/* Age to send, seconds */
+	uint8_t what;		/* CACHE_* of the lookup */
+};
+
+enum {
+	CACHE_MISS,		/* nothing usable: go to the backend */
+	CACHE_HIT,		/* fresh: serve it */
+	CACHE_STALE,		/* stored but must be revalidated first */
+	CACHE_NOTMOD,		/* fresh, and the client's own If-None-Match /
+				   If-Modified-Since match: answer 304 */
+	CACHE_GATEWAY_TIMEOUT,	/* only-if-cached and nothing fresh: 504 */
+};
+
+struct cache_stats {
+	uint64_t hits, misses, revalidated, evictions, stores;
+	uint64_t bytes_used;	/* in blocks holding object bytes */
+	uint64_t bytes_total;	/* the arena */
+	uint32_t objects;
+};
+
+/* Reserve the arena: size bytes in all, objects up to max_object bytes
+ * (head and body). 0 when size is 0 (cache off); -1 on failure. */
+int cache_init(size_t size, size_t max_object);
+void cache_free(void);
+
+/*
+ * Look up a client's GET or HEAD request (m: its parsed head; scheme
+ * "http" or "https"). The key is scheme, host and target. Honours the
+ * request's Cache-Control (no-cache, no-store, max-age, max-stale,
+ * min-fresh, only-if-cached) and Pragma: no-cache, and Vary against the
+ * stored request header values. For CACHE_STALE, cond receives the
+ * conditional header lines to add to the request sent upstream
+ * ("If-None-Match: ...
+" and/or "If-Modified-Since: ...
+"),
+ * NUL-terminated, at most condcap bytes.
+ */
+int cache_lookup(const struct http_msg *m, const char *scheme, int64_t now,
+    struct cache_ref *ref, char *cond, size_t condcap);
+
+/*
+ * Copy the next bytes of a stored response into dst: first its head,
+ * written as http_write_response would with o (hop-by-hop headers out,
+ * Connection as o says) plus "Age: N" and "X-Cache: HIT" (or REVALIDATED
+ * when ref->what says CACHE_STALE was refreshed), then the body unless
+ * head_only (HEAD requests). Returns bytes copied, 0 at the end, -1 when
+ * the object was evicted meanwhile (the caller closes the connection).
+ */
+long cache_read(struct cache_ref *ref, char *dst, size_t cap,
+    const struct http_rsp *o, int head_only, int64_t now);
+
+/* The stored response's framing: 1 when its body is chunked (it is then
+ * not served to HTTP/1.0 clients), and its status code. */
+int cache_chunked(const struct cache_ref *ref);
+
+/*
+ * Begin storing a response. req/reqlen: the request head as forwarded
+ * upstream (for the key and the Vary values); resp: the backend's parsed
+ * response head, whose bytes are resp_raw[0..resp->head_len). Decides
+ * whether it may be stored (method, status, Cache-Control no-store /
+ * private / public / max-age / s-maxage / must-revalidate /
+ * proxy-revalidate / no-cache, Expires, Authorization and Set-Cookie
+ * rules, Vary: * never) and returns a writer id >= 0, or -1 (not stored;
+ * also when the same key is being written already). req_time/resp_time
+ * are when the request was sent and the response head arrived (Age).
+ */
+int cache_store_begin(const char *req, size_t reqlen, const char *scheme,
+    const struct http_msg *resp, const char *resp_raw, int64_t req_time,
+    int64_t resp_time);
+/* Append body bytes as they go to the client (on the wire: chunked as
+ * chunked). -1 when the object outgrew max_object or the arena: it is
+ * dropped and the writer ended. */
+int cache_store_append(int w, const char *p, size_t n);
+/* The body ended complete (kept and indexed) or not (dropped). */
+void cache_store_end(int w, int complete);
+
+/* A 304 answered our revalidation of ref: refresh the stored entry's
+ * freshness and validators from resp (RFC 9111 4.3.4); ref then serves
+ * it with X-Cache: REVALIDATED. -1 when the entry is gone. */
+int cache_refresh(struct cache_ref *ref, const struct http_msg *resp,
+    int64_t req_time, int64_t resp_time);
+
+/* An unsafe method succeeded: drop the entries for the target and for
+ * the Location / Content-Location of the response on the same host. */
+void cache_invalidate(const char *scheme, struct slice host,
+    struct slice target);
+
+void cache_get_stats(struct cache_stats *s);
 
 /* ---------------------------------------------------------------- acl.c */
 
