@@ -125,7 +125,8 @@ struct conn {
 	uint32_t litlen;
 	struct server *srv;
 	uint8_t tries;		/* servers that failed this request */
-	int16_t route;		/* the route of the request in flight */
+	const struct route *rt;	/* the route of the request in flight */
+	uint32_t cgen;		/* the config generation rt and srv are from */
 	int64_t tbody;		/* when the request body began (ms) */
 	int64_t treq;		/* when the request head was complete (ms) */
 	uint64_t sent;		/* response bytes sent (access log) */
@@ -170,6 +171,7 @@ static int tls_port = 443;	/* for redirect_http: the first TLS port */
 static char hsts_line[64];	/* "Strict-Transport-Security: ..." or "" */
 static int *deferq, ndefer;	/* sessions with work queued: run_deferred */
 static struct server **servers;	/* every backend's servers, flat */
+static long nslots_cap;		/* pollfd slots reserved */
 static int nservers;
 
 static char *pool_mem, **pool;
@@ -181,6 +183,21 @@ static char *pathbuf;		/* normalised path */
 static struct http_msg msg;
 
 static int64_t now;
+
+/*
+ * SIGHUP swaps in a new configuration without dropping a connection.
+ * Sessions in flight keep pointers into the one they started with
+ * (route, servers), so a replaced configuration is kept, counted, until
+ * the last of them ends.
+ */
+#define RETIRED	4
+static uint32_t cfg_gen;
+static struct {
+	struct config c;
+	uint32_t gen;
+	int refs;		/* sessions still using it; -1: slot free */
+} retired[RETIRED] = { { .refs = -1 }, { .refs = -1 }, { .refs = -1 },
+	{ .refs = -1 } };
 
 /* Counters for the status page. */
 static struct {
@@ -760,6 +777,10 @@ static void client_flush(struct conn *c);
 static void up_flush(struct conn *c);
 static void head_step(struct conn *c);
 static void status_request(struct conn *c);
+static void cfg_release(struct conn *c);
+static void reload(void);
+static int same_list(char **a, int na, char **b, int nb);
+static void alog_begin(struct conn *c, const struct http_msg *m);
 static void redirect_request(struct conn *c);
 static void listeners_pause(int pause);
 static void tls_listeners(void);
@@ -789,6 +810,7 @@ conn_close(struct conn *c)
 {
 	alog_end(c);
 	up_close(c);
+	cfg_release(c);
 	if (c->cfd != -1) {
 		loop_unwatch(c->cslot);
 		if (c->ctls != NULL && !(c->flags & (F_CSHUT | F_CHUP)))
@@ -817,6 +839,29 @@ conn_close(struct conn *c)
 	nactive--;
 }
 
+/* The session no longer points into its configuration: a replaced one
+ * is freed with its last user. */
+static void
+cfg_release(struct conn *c)
+{
+	int i;
+
+	if (c->srv == NULL && c->rt == NULL)
+		return;
+	c->srv = NULL;
+	c->rt = NULL;
+	if (c->cgen == cfg_gen)
+		return;
+	for (i = 0; i < RETIRED; i++)
+		if (retired[i].refs > 0 && retired[i].gen == c->cgen) {
+			if (--retired[i].refs == 0) {
+				conf_free(&retired[i].c);
+				retired[i].refs = -1;
+			}
+			return;
+		}
+}
+
 /* Forget the exchange: ready for the next request on this client. */
 static void
 exchange_reset(struct conn *c)
@@ -826,7 +871,7 @@ exchange_reset(struct conn *c)
 	c->qleft = c->rleft = 0;
 	c->lit = NULL;
 	c->litlen = 0;
-	c->srv = NULL;
+	cfg_release(c);
 	c->tries = 0;
 	c->status = 0;
 	c->sent = 0;
@@ -1166,6 +1211,9 @@ resp_done(struct conn *c)
 		c->qfwd = 0;
 		rq_consumed(c);
 	}
+	/* Servers of a configuration replaced by a reload keep no pool. */
+	if (c->cgen != cfg_gen)
+		reuse = 0;
 	/* Extra bytes after the response: the backend broke framing, so
 	 * its connection is not trusted again. */
 	if (c->rs.len > c->rs.off + c->rfwd) {
@@ -1200,7 +1248,7 @@ resp_done(struct conn *c)
 static int
 resp_rewrite(struct conn *c, uint32_t pos, int close)
 {
-	const struct route *rt = &cfg.routes[c->route];
+	const struct route *rt = c->rt;
 	struct buf *b = &c->rs;
 	uint32_t tail = b->len - pos - msg.head_len;
 	struct http_rsp o;
@@ -1668,13 +1716,14 @@ req_start(struct conn *c)
 		return;
 	}
 	c->srv = bal_pick(&cfg.backends[cfg.routes[r].backend], now);
+	c->cgen = cfg_gen;
 	if (c->srv == NULL) {
 		send_error(c, 503);	/* every server is down: say so fast */
 		return;
 	}
 	if (is_idempotent(msg.method))
 		c->flags |= F_IDEMP;
-	c->route = (int16_t)r;
+	c->rt = &cfg.routes[r];
 	if (cfg.routes[r].strip_prefix && cfg.routes[r].path != NULL) {
 		c->host_hash = http_host_hash(msg.host.p, msg.host.n);
 		strip_prefix(&cfg.routes[r], n);
@@ -2598,6 +2647,171 @@ tls_listeners(void)
 			pfd[i].fd = on ? listen_fd[OWN_IDX(owner[i])] : -1;
 }
 
+/* Keys whose change needs a restart keep their running values. */
+static void
+keep_restart_keys(struct config *nc)
+{
+	char **l;
+	int n;
+
+#define KEEP_NUM(f) do { \
+	if (nc->f != cfg.f) \
+		logmsg(LOG_WARNING, "reload: " #f " changed: restart to " \
+		    "apply it"); \
+	nc->f = cfg.f; \
+} while (0)
+	KEEP_NUM(max_connections);
+	KEEP_NUM(buffers);
+	KEEP_NUM(buffer_size);
+	KEEP_NUM(cache_size);
+	KEEP_NUM(cache_max_object);
+	KEEP_NUM(tls.connections);
+	KEEP_NUM(tls.sessions);
+#undef KEEP_NUM
+	/* Strings: swap, so each configuration still frees what it owns. */
+#define KEEP_STR(f) do { \
+	char *t = nc->f; \
+	if ((t == NULL) != (cfg.f == NULL) || (t && strcmp(t, cfg.f))) \
+		logmsg(LOG_WARNING, "reload: " #f " changed: restart to " \
+		    "apply it"); \
+	nc->f = cfg.f; \
+	cfg.f = t; \
+} while (0)
+	KEEP_STR(user);
+	KEEP_STR(chroot_dir);
+	KEEP_STR(pidfile);
+#undef KEEP_STR
+	if (!same_list(nc->listen, nc->nlisten, cfg.listen, cfg.nlisten) ||
+	    !same_list(nc->tls.listen, nc->tls.nlisten, cfg.tls.listen,
+	    cfg.tls.nlisten))
+		logmsg(LOG_WARNING, "reload: listen changed: restart to "
+		    "apply it");
+	l = nc->listen, n = nc->nlisten;
+	nc->listen = cfg.listen, nc->nlisten = cfg.nlisten;
+	cfg.listen = l, cfg.nlisten = n;
+	l = nc->tls.listen, n = nc->tls.nlisten;
+	nc->tls.listen = cfg.tls.listen, nc->tls.nlisten = cfg.tls.nlisten;
+	cfg.tls.listen = l, cfg.tls.nlisten = n;
+}
+
+static int
+same_list(char **a, int na, char **b, int nb)
+{
+	int i;
+
+	if (na != nb)
+		return 0;
+	for (i = 0; i < na; i++)
+		if (strcmp(a[i], b[i]) != 0)
+			return 0;
+	return 1;
+}
+
+/* The flat server table (health-check owners) and enough poll slots for
+ * the configuration now in force. Reload path: it may allocate. */
+static int
+servers_build(void)
+{
+	struct server **ns;
+	struct pollfd *np;
+	struct ready *nr;
+	int *no;
+	long need;
+	int i, j, nsrv = 0;
+
+	for (i = 0; i < cfg.nbackends; i++)
+		nsrv += cfg.backends[i].nsrv;
+	if ((ns = realloc(servers, (nsrv ? nsrv : 1) * sizeof(*ns))) == NULL)
+		return -1;
+	servers = ns;
+	nservers = 0;
+	for (i = 0; i < cfg.nbackends; i++)
+		for (j = 0; j < cfg.backends[i].nsrv; j++)
+			servers[nservers++] = &cfg.backends[i].srv[j];
+	need = nlisten + 2 * cfg.max_connections + nidles + nsrv;
+	if (need > nslots_cap) {
+		np = realloc(pfd, need * sizeof(*pfd));
+		if (np != NULL)
+			pfd = np;
+		no = realloc(owner, need * sizeof(*owner));
+		if (no != NULL)
+			owner = no;
+		nr = realloc(ready, need * sizeof(*ready));
+		if (nr != NULL)
+			ready = nr;
+		if (np == NULL || no == NULL || nr == NULL)
+			return -1;
+		nslots_cap = need;
+	}
+	return 0;
+}
+
+/*
+ * SIGHUP: read the file again. A file that fails to load is logged and
+ * the running configuration stays. Otherwise routes, backends, ACLs,
+ * limits, timeouts and log paths take effect for new requests at once;
+ * sessions in flight finish with what they started with.
+ */
+static void
+reload(void)
+{
+	struct config nc;
+	char err[512];
+	long i;
+	int slot;
+
+	if (conf_load(conf_path, &nc, err, sizeof(err)) == -1) {
+		logmsg(LOG_ERR, "reload failed, configuration unchanged: %s",
+		    err);
+		conf_free(&nc);
+		return;
+	}
+	for (slot = 0; slot < RETIRED && retired[slot].refs != -1; slot++)
+		;
+	if (slot == RETIRED) {
+		logmsg(LOG_ERR, "reload refused: %d older configurations "
+		    "still serve requests", RETIRED);
+		conf_free(&nc);
+		return;
+	}
+	if (tls_reload(&nc, err, sizeof(err)) == -1) {
+		logmsg(LOG_ERR, "reload failed, configuration unchanged: %s",
+		    err);
+		conf_free(&nc);
+		return;
+	}
+	keep_restart_keys(&nc);
+	bal_checks_stop(&cfg);
+	for (i = 0; i < nidles; i++)
+		if (idles[i].fd != -1)
+			idle_close(&idles[i]);
+	retired[slot].c = cfg;
+	retired[slot].gen = cfg_gen;
+	retired[slot].refs = 0;
+	for (i = 0; i < cfg.max_connections; i++)
+		if ((conns[i].srv != NULL || conns[i].rt != NULL) &&
+		    conns[i].cgen == cfg_gen)
+			retired[slot].refs++;
+	cfg = nc;
+	cfg_gen++;
+	if (retired[slot].refs == 0) {
+		conf_free(&retired[slot].c);
+		retired[slot].refs = -1;
+	}
+	if (servers_build() == -1)
+		logmsg(LOG_ERR, "reload: out of memory for the server table");
+	if (cfg.access_log != NULL && alog_rec == NULL &&
+	    (alog_rec = calloc(cfg.max_connections, ALOG_REC)) == NULL)
+		logmsg(LOG_ERR, "reload: out of memory for access_log");
+	if (log_open() == -1)
+		logmsg(LOG_ERR, "reload: log %s: %s", log_bad, strerror(errno));
+	hsts_line[0] = '\0';
+	if (cfg.tls.hsts > 0)
+		snprintf(hsts_line, sizeof(hsts_line),
+		    "Strict-Transport-Security: max-age=%ld\r\n", cfg.tls.hsts);
+	logmsg(LOG_NOTICE, "reloaded %s", conf_path);
+}
+
 static void
 drain_start(void)
 {
@@ -2681,8 +2895,7 @@ loop(void)
 		}
 		if (sig_hup) {
 			sig_hup = 0;
-			logmsg(LOG_WARNING, "SIGHUP: reload is not supported "
-			    "by this build; restart to apply changes");
+			reload();
 		}
 		timeout = run_timers();
 		if (draining && (nactive == 0 || now >= drain_deadline))
@@ -2872,6 +3085,7 @@ reserve(void)
 	if (nidles > nconn)
 		nidles = (int)nconn;
 	nslots = nlisten + 2 * nconn + nidles + nsrv;
+	nslots_cap = nslots;
 	conns = calloc(nconn, sizeof(*conns));
 	free_conns = calloc(nconn, sizeof(*free_conns));
 	idles = calloc(nidles ? nidles : 1, sizeof(*idles));

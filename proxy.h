@@ -447,6 +447,19 @@ struct tls;
 int tls_init(const struct config *c, int nserver, int nclient, char *err,
     size_t errlen);
 void tls_free(void);
+/* Reload certificates, keys, trust anchors and ciphers from c (SIGHUP)
+ * without touching engines in use: a handshake under way finishes with
+ * what it started with. The pool sizes (connections, sessions) stay as
+ * tls_init made them. -1 with err set: the old set stays in force. */
+int tls_reload(const struct config *c, char *err, size_t errlen);
+/*
+ * SIGHUP: load c's certificates, keys, SNI table and trust anchors as
+ * tls_init does and use them for handshakes from now on; engines in use
+ * finish with the set they started with, which is freed after them. The
+ * engine pools and the session cache stay. -1 with err (naming the file)
+ * leaves everything as it was.
+ */
+int tls_reload(const struct config *c, char *err, size_t errlen);
 /* An engine for an accepted client (server side); NULL: pool empty. */
 struct tls *tls_server(void);
 /* An engine for an upstream connection to s (verified against its

@@ -66,7 +66,8 @@ struct tls {
 	struct tls *next;	/* free list */
 	/* server: our policy; BearSSL hands its address back to us */
 	const br_ssl_server_policy_class *policy;
-	int cert;		/* server: certs[] chosen for this client */
+	struct certset *set;	/* certificates and anchors it was lent with */
+	int cert;		/* server: set->certs[] chosen for this client */
 	uint8_t kind;		/* K_SERVER or K_CLIENT */
 	uint8_t used;		/* lent out (tls_release twice is a no-op) */
 	uint8_t ready;		/* the handshake finished */
@@ -109,6 +110,25 @@ struct anchors {
 	size_t n;
 };
 
+/*
+ * What the config gives TLS: certificates, trust anchors and suites.
+ * tls_reload replaces the set as a whole; an engine keeps the set it was
+ * lent with (its handshake may still be sending that chain), and a
+ * replaced set is freed when its last engine comes back.
+ */
+struct certset {
+	struct certkey *certs;
+	int ncerts;
+	struct anchors *cas;
+	int ncas;
+	uint16_t suites[16];	/* server side, preference order */
+	size_t nsuites;
+	uint16_t cli_suites[16];
+	size_t ncli_suites;
+	int refs;		/* engines lent out with this set */
+	struct certset *next;	/* replaced sets still in use */
+};
+
 /* The fastest implementations this CPU has, found once. */
 struct impls {
 	const br_block_ctr_class *aes_ctr;
@@ -121,10 +141,8 @@ struct impls {
 };
 
 static struct {
-	struct certkey *certs;
-	int ncerts;
-	struct anchors *cas;
-	int ncas;
+	struct certset *set;	/* the current one */
+	struct certset *retired;	/* replaced, still lent out */
 	struct tls_srv *srv;
 	int nsrv, nfree_srv;
 	struct tls_cli *cli;
@@ -134,10 +152,6 @@ static struct {
 	unsigned char *lru_store;
 	size_t lru_len;
 	struct impls im;
-	uint16_t suites[16];
-	size_t nsuites;
-	uint16_t cli_suites[16];
-	size_t ncli_suites;
 	br_rsa_pkcs1_sign rsa_sign;
 	br_ecdsa_sign ecdsa_sign;
 	const br_ec_impl *ec;
@@ -790,16 +804,18 @@ copy_names(struct certkey *ck, const struct tls_cert *tc)
 }
 
 static int
-load_certs(const struct tls_conf *tc, char *err, size_t errlen)
+load_certs(struct certset *cs, const struct tls_conf *tc, char *err,
+    size_t errlen)
 {
 	struct certkey *ck;
 	int i;
 
-	if ((g.certs = calloc((size_t)tc->ncerts, sizeof(*g.certs))) == NULL)
+	if ((cs->certs = calloc((size_t)tc->ncerts, sizeof(*cs->certs))) ==
+	    NULL)
 		return errf(err, errlen, "out of memory");
 	for (i = 0; i < tc->ncerts; i++) {
-		ck = &g.certs[i];
-		g.ncerts++;
+		ck = &cs->certs[i];
+		cs->ncerts++;
 		if (copy_names(ck, &tc->certs[i]) < 0)
 			return errf(err, errlen, "out of memory");
 		if (load_chain(tc->certs[i].cert, ck, err, errlen) < 0 ||
@@ -876,26 +892,38 @@ ca_obj(void *arg, const char *name, const unsigned char *der, size_t len)
 	return 0;
 }
 
+static const struct anchors *
+find_anchors(const struct certset *cs, const char *file)
+{
+	int i;
+
+	for (i = 0; file != NULL && i < cs->ncas; i++)
+		if (strcmp(cs->cas[i].file, file) == 0)
+			return &cs->cas[i];
+	return NULL;
+}
+
 static int
-load_anchors(const char *file, char *err, size_t errlen)
+load_anchors(struct certset *cs, const char *file, char *err,
+    size_t errlen)
 {
 	struct caload cl;
 	struct anchors *a;
 	char *text;
 	size_t len;
-	int k, rc;
+	int rc;
 
-	for (k = 0; k < g.ncas; k++)
-		if (strcmp(g.cas[k].file, file) == 0)
-			return 0;
-	if ((a = realloc(g.cas, (size_t)(g.ncas + 1) * sizeof(*a))) == NULL)
+	if (find_anchors(cs, file) != NULL)
+		return 0;
+	if ((a = realloc(cs->cas, (size_t)(cs->ncas + 1) * sizeof(*a))) ==
+	    NULL)
 		return errf(err, errlen, "%s: out of memory", file);
-	g.cas = a;
-	a = &g.cas[g.ncas];
+	cs->cas = a;
+	a = &cs->cas[cs->ncas];
 	memset(a, 0, sizeof(*a));
 	if ((a->file = strdup(file)) == NULL)
 		return errf(err, errlen, "%s: out of memory", file);
-	g.ncas++;
+	cs->ncas++;
 	if ((text = read_pem(file, &len, err, errlen)) == NULL)
 		return -1;
 	memset(&cl, 0, sizeof(cl));
@@ -912,17 +940,6 @@ load_anchors(const char *file, char *err, size_t errlen)
 		return errf(err, errlen, "%s: no usable CA certificate "
 		    "found%s", file, cl.skipped ? " (unsupported keys)" : "");
 	return 0;
-}
-
-static const struct anchors *
-find_anchors(const char *file)
-{
-	int i;
-
-	for (i = 0; file != NULL && i < g.ncas; i++)
-		if (strcmp(g.cas[i].file, file) == 0)
-			return &g.cas[i];
-	return NULL;
 }
 
 /* ------------------------------------------------ algorithm choices */
@@ -1138,6 +1155,7 @@ sni_choose(const br_ssl_server_policy_class **pctx,
     const br_ssl_server_context *cc, br_ssl_server_choices *ch)
 {
 	struct tls *t = policy_owner(pctx);
+	const struct certset *cs = t->set;
 	const br_suite_translated *st;
 	const char *name = br_ssl_engine_get_server_name(&cc->eng);
 	uint32_t hm = br_ssl_server_get_client_hashes(cc);
@@ -1147,8 +1165,8 @@ sni_choose(const br_ssl_server_policy_class **pctx,
 
 	if (n > 0 && name[n - 1] == '.')
 		n--;
-	for (i = 0; i < g.ncerts && n > 0; i++)
-		if ((s = host_score(&g.certs[i], name, n)) > best)
+	for (i = 0; i < cs->ncerts && n > 0; i++)
+		if ((s = host_score(&cs->certs[i], name, n)) > best)
 			best = s;
 	st = br_ssl_server_get_client_suites(cc, &nst);
 	for (u = 0; u < nst; u++) {
@@ -1166,15 +1184,16 @@ sni_choose(const br_ssl_server_policy_class **pctx,
 		}
 		if (h == 0)
 			continue;
-		for (i = 0; i < g.ncerts; i++) {
-			if (g.certs[i].type != type || (best > 0 ?
-			    host_score(&g.certs[i], name, n) != best : i != 0))
+		for (i = 0; i < cs->ncerts; i++) {
+			if (cs->certs[i].type != type || (best > 0 ?
+			    host_score(&cs->certs[i], name, n) != best :
+			    i != 0))
 				continue;
 			t->cert = i;
 			ch->cipher_suite = st[u][0];
 			ch->algo_id = 0xFF00 + h;
-			ch->chain = g.certs[i].chain;
-			ch->chain_len = g.certs[i].chain_len;
+			ch->chain = cs->certs[i].chain;
+			ch->chain_len = cs->certs[i].chain_len;
 			return 1;
 		}
 	}
@@ -1200,7 +1219,7 @@ sni_sign(const br_ssl_server_policy_class **pctx, unsigned algo_id,
     unsigned char *data, size_t hv_len, size_t len)
 {
 	struct tls *t = policy_owner(pctx);
-	const struct certkey *ck = &g.certs[t->cert];
+	const struct certkey *ck = &t->set->certs[t->cert];
 	const struct hash *hs;
 	unsigned char hv[64];
 	size_t siglen;
@@ -1257,8 +1276,8 @@ srv_pool(int n, long sessions, char *err, size_t errlen)
 		e->t.eng = &e->sc.eng;
 		e->t.kind = K_SERVER;
 		e->t.policy = &sni_policy;
-		engine_setup(&e->sc.eng, g.suites, g.nsuites, e->ibuf,
-		    e->obuf);
+		engine_setup(&e->sc.eng, g.set->suites, g.set->nsuites,
+		    e->ibuf, e->obuf);
 		br_ssl_server_set_policy(&e->sc, &e->t.policy);
 		if (sessions > 0)
 			br_ssl_server_set_cache(&e->sc, &g.lru.vtable);
@@ -1298,8 +1317,8 @@ cli_pool(int n, char *err, size_t errlen)
 		br_ssl_client_zero(&e->cc);
 		e->t.eng = &e->cc.eng;
 		e->t.kind = K_CLIENT;
-		engine_setup(&e->cc.eng, g.cli_suites, g.ncli_suites,
-		    e->ibuf, e->obuf);
+		engine_setup(&e->cc.eng, g.set->cli_suites,
+		    g.set->ncli_suites, e->ibuf, e->obuf);
 		br_ssl_engine_set_rsavrfy(&e->cc.eng,
 		    br_rsa_pkcs1_vrfy_get_default());
 		br_ssl_engine_set_ecdsa(&e->cc.eng,
@@ -1317,33 +1336,48 @@ cli_pool(int n, char *err, size_t errlen)
 	return 0;
 }
 
-/* ------------------------------------------------------ public: setup */
+/* ------------------------------------------------------------ sets */
 
-int
-tls_init(const struct config *c, int nserver, int nclient, char *err,
-    size_t errlen)
+static void
+free_set(struct certset *cs)
+{
+	int i;
+	size_t k;
+
+	if (cs == NULL)
+		return;
+	for (i = 0; i < cs->ncerts; i++)
+		free_certkey(&cs->certs[i]);
+	free(cs->certs);
+	for (i = 0; i < cs->ncas; i++) {
+		for (k = 0; k < cs->cas[i].n; k++)
+			free_anchor(&cs->cas[i].ta[k]);
+		free(cs->cas[i].ta);
+		free(cs->cas[i].file);
+	}
+	free(cs->cas);
+	free(cs);
+}
+
+/*
+ * Load what c asks of TLS: the [tls] and [cert] pairs when there is a
+ * TLS listener (need_certs: server engines exist), and the anchors of
+ * every backend with tls servers. NULL with err set on failure.
+ */
+static struct certset *
+load_set(const struct config *c, int need_certs, char *err, size_t errlen)
 {
 	const struct backend *b;
+	struct certset *cs;
 	int i, j, rsa = 0, ec = 0;
 
-	if (errlen > 0)
-		err[0] = '\0';
-	tls_free();
-	/* BearSSL seeds each engine from the system (RDRAND, getrandom or
-	 * /dev/urandom); without one, no handshake could start. */
-	if (br_prng_seeder_system(NULL) == 0) {
-		errf(err, errlen, "%s: BearSSL has no system random source",
-		    c->file);
-		return -1;
+	if ((cs = calloc(1, sizeof(*cs))) == NULL) {
+		errf(err, errlen, "%s: out of memory", c->file);
+		return NULL;
 	}
-	choose_impls(&g.im);
-	g.ec = br_ec_get_default();
-	g.rsa_sign = br_rsa_pkcs1_sign_get_default();
-	g.ecdsa_sign = br_ecdsa_sign_asn1_get_default();
-
-	if (c->tls.nlisten > 0 && load_certs(&c->tls, err, errlen) < 0)
+	if (c->tls.nlisten > 0 && load_certs(cs, &c->tls, err, errlen) < 0)
 		goto fail;
-	if (nserver > 0 && g.ncerts == 0) {
+	if (need_certs && cs->ncerts == 0) {
 		errf(err, errlen, "%s: TLS engines wanted without a [tls] "
 		    "listen, cert and key", c->file);
 		goto fail;
@@ -1359,42 +1393,96 @@ tls_init(const struct config *c, int nserver, int nclient, char *err,
 			    "needs ca", c->file, b->name, b->srv[j].name);
 			goto fail;
 		}
-		if (load_anchors(b->ca, err, errlen) < 0)
+		if (load_anchors(cs, b->ca, err, errlen) < 0)
 			goto fail;
 	}
-	for (i = 0; i < g.ncerts; i++) {
-		rsa |= g.certs[i].type == BR_KEYTYPE_RSA;
-		ec |= g.certs[i].type == BR_KEYTYPE_EC;
+	for (i = 0; i < cs->ncerts; i++) {
+		rsa |= cs->certs[i].type == BR_KEYTYPE_RSA;
+		ec |= cs->certs[i].type == BR_KEYTYPE_EC;
 	}
-	g.nsuites = build_suites(g.suites, rsa, ec, c->tls.compat,
+	cs->nsuites = build_suites(cs->suites, rsa, ec, c->tls.compat,
 	    g.im.aes_hw);
-	g.ncli_suites = build_suites(g.cli_suites, 1, 1, c->tls.compat,
+	cs->ncli_suites = build_suites(cs->cli_suites, 1, 1, c->tls.compat,
 	    g.im.aes_hw);
-	if (srv_pool(nserver, c->tls.sessions, err, errlen) < 0 ||
-	    cli_pool(nclient, err, errlen) < 0)
-		goto fail;
-	return 0;
+	return cs;
 fail:
+	free_set(cs);
+	return NULL;
+}
+
+/* An engine comes back: free its set if that was replaced meanwhile. */
+static void
+put_set(struct certset *cs)
+{
+	struct certset **pp;
+
+	if (--cs->refs > 0 || cs == g.set)
+		return;
+	for (pp = &g.retired; *pp != NULL; pp = &(*pp)->next)
+		if (*pp == cs) {
+			*pp = cs->next;
+			break;
+		}
+	free_set(cs);
+}
+
+/* ------------------------------------------------------ public: setup */
+
+int
+tls_init(const struct config *c, int nserver, int nclient, char *err,
+    size_t errlen)
+{
+	if (errlen > 0)
+		err[0] = '\0';
 	tls_free();
-	return -1;
+	/* BearSSL seeds each engine from the system (RDRAND, getrandom or
+	 * /dev/urandom); without one, no handshake could start. */
+	if (br_prng_seeder_system(NULL) == 0) {
+		errf(err, errlen, "%s: BearSSL has no system random source",
+		    c->file);
+		return -1;
+	}
+	choose_impls(&g.im);
+	g.ec = br_ec_get_default();
+	g.rsa_sign = br_rsa_pkcs1_sign_get_default();
+	g.ecdsa_sign = br_ecdsa_sign_asn1_get_default();
+	if ((g.set = load_set(c, nserver > 0, err, errlen)) == NULL ||
+	    srv_pool(nserver, c->tls.sessions, err, errlen) < 0 ||
+	    cli_pool(nclient, err, errlen) < 0) {
+		tls_free();
+		return -1;
+	}
+	return 0;
+}
+
+int
+tls_reload(const struct config *c, char *err, size_t errlen)
+{
+	struct certset *cs;
+
+	if (errlen > 0)
+		err[0] = '\0';
+	if ((cs = load_set(c, g.nsrv > 0, err, errlen)) == NULL)
+		return -1;
+	if (g.set != NULL && g.set->refs > 0) {
+		g.set->next = g.retired;
+		g.retired = g.set;
+	} else
+		free_set(g.set);
+	g.set = cs;
+	return 0;
 }
 
 void
 tls_free(void)
 {
-	int i;
-	size_t k;
+	struct certset *cs;
 
-	for (i = 0; i < g.ncerts; i++)
-		free_certkey(&g.certs[i]);
-	free(g.certs);
-	for (i = 0; i < g.ncas; i++) {
-		for (k = 0; k < g.cas[i].n; k++)
-			free_anchor(&g.cas[i].ta[k]);
-		free(g.cas[i].ta);
-		free(g.cas[i].file);
+	free_set(g.set);
+	while ((cs = g.retired) != NULL) {
+		g.retired = cs->next;
+		free_set(cs);
 	}
-	free(g.cas);
 	/* Engines and the cache hold session secrets. */
 	if (g.srv != NULL)
 		wipe(g.srv, (size_t)g.nsrv * sizeof(*g.srv));
@@ -1425,6 +1513,8 @@ tls_server(void)
 		errno = ENOBUFS;
 		return NULL;
 	}
+	/* the suites may have changed with a reload */
+	br_ssl_engine_set_suites(t->eng, g.set->suites, g.set->nsuites);
 	if (!br_ssl_server_reset(&((struct tls_srv *)(void *)t)->sc)) {
 		errno = EPROTO;
 		return NULL;
@@ -1433,6 +1523,8 @@ tls_server(void)
 	g.nfree_srv--;
 	t->next = NULL;
 	t->used = 1;
+	t->set = g.set;
+	g.set->refs++;
 	t->cert = 0;
 	t->ready = 0;
 	t->eof = 0;
@@ -1447,8 +1539,9 @@ tls_client(const struct server *s)
 	struct tls *t;
 
 	/* Without a name BearSSL would skip the name check: refuse. */
-	if (s->host == NULL || s->host[0] == '\0' ||
-	    (a = find_anchors(s->b != NULL ? s->b->ca : NULL)) == NULL) {
+	if (g.set == NULL || s->host == NULL || s->host[0] == '\0' ||
+	    (a = find_anchors(g.set, s->b != NULL ? s->b->ca : NULL)) ==
+	    NULL) {
 		errno = EINVAL;
 		return NULL;
 	}
@@ -1460,6 +1553,8 @@ tls_client(const struct server *s)
 	/* Re-initialised per connection: backends trust different CAs. */
 	br_x509_minimal_init_full(&e->xc, a->ta, a->n);
 	br_ssl_engine_set_x509(&e->cc.eng, &e->xc.vtable);
+	br_ssl_engine_set_suites(t->eng, g.set->cli_suites,
+	    g.set->ncli_suites);
 	/* s->host is sent as SNI and must be a DNS name in the
 	 * certificate's subjectAltName (BearSSL matches names only). */
 	if (!br_ssl_client_reset(&e->cc, s->host, 0)) {
@@ -1469,6 +1564,8 @@ tls_client(const struct server *s)
 	g.free_cli = t->next;
 	t->next = NULL;
 	t->used = 1;
+	t->set = g.set;
+	g.set->refs++;
 	t->ready = 0;
 	t->eof = 0;
 	return t;
@@ -1480,6 +1577,8 @@ tls_release(struct tls *t)
 	if (t == NULL || !t->used)
 		return;
 	t->used = 0;
+	put_set(t->set);
+	t->set = NULL;
 	if (t->kind == K_SERVER) {
 		t->next = g.free_srv;
 		g.free_srv = t;
