@@ -1,9 +1,15 @@
 # proxy - a small reverse proxy for routers and gateways.
-# Targets: all run test fuzz install clean.
+# Targets: all run test fuzz install install-strip clean; cross builds:
+# test-cross cross-deps clean-cross (see "Cross and static builds").
 
 CROSS_COMPILE ?=
 ifeq ($(origin CC),default)
-CC = $(CROSS_COMPILE)cc
+ifeq ($(CROSS_COMPILE),)
+CC = cc
+else
+# Debian's cross toolchains have <triplet>-gcc, and no <triplet>-cc.
+CC = $(CROSS_COMPILE)gcc
+endif
 endif
 CLANG ?= clang
 PREFIX ?= /usr/local
@@ -13,13 +19,39 @@ WARN = -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wshadow -Wstrict-prototypes \
 	-Wmissing-prototypes -Wno-unused-parameter -Werror
 # BearSSL and inih come from Debian's -dev packages and are linked
 # statically so a device needs neither library.
-LIBS = -Wl,-Bstatic -lbearssl -linih -Wl,-Bdynamic
+LIBS = -Wl,-Bstatic -lbearssl -linih -lcrypt -Wl,-Bdynamic
 
 SRC = proxy.c http.c conf.c balance.c tls.c acl.c
 OBJ = $(SRC:.c=.o)
 HDR = proxy.h
 SAN = -fsanitize=address,undefined -fno-omit-frame-pointer \
 	-fno-sanitize-recover=undefined
+# ASan intercepts crypt() and calls the real one through the dynamic
+# linker: in the sanitized builds libcrypt must be a shared library.
+SANLIBS = -Wl,-Bstatic -lbearssl -linih -Wl,-Bdynamic -lcrypt
+
+# STATIC=1: a fully static ./proxy. With glibc (plain cc) the link warns
+# that getpwnam and getaddrinfo still want glibc's NSS modules at run
+# time; CC=musl-gcc (Debian's musl-tools) has no such catch. Debian
+# builds libbearssl.a and libinih.a with _FORTIFY_SOURCE, so under musl
+# they need glibc's __memcpy_chk and friends: compat.c has them.
+ifeq ($(STATIC),1)
+SRC += compat.c
+LIBS = -static -lbearssl -linih -lcrypt
+ifneq ($(findstring musl,$(CC)),)
+# musl-gcc sees only musl's headers and libraries: let it find Debian's
+# -dev headers after its own, and name the two archives by path, since
+# a -L to the glibc library directory could bring glibc's libc.a in.
+MUSL_LIBDIR ?= /usr/lib/$(shell cc -print-multiarch)
+override CC := $(CC) -idirafter /usr/include
+LIBS = -static $(MUSL_LIBDIR)/libbearssl.a $(MUSL_LIBDIR)/libinih.a
+endif
+endif
+# Where a cross toolchain that does not search Debian's multiarch
+# directories finds the target's libbearssl.a and libinih.a.
+ifneq ($(CROSS_LIBDIR),)
+LIBS := -L$(CROSS_LIBDIR) $(LIBS)
+endif
 
 all: deps proxy
 
@@ -29,7 +61,14 @@ proxy: $(OBJ)
 .c.o:
 	$(CC) $(WARN) $(CFLAGS) -c $<
 
-$(OBJ): $(HDR)
+$(OBJ): $(HDR) .build-flavour
+
+# What ./proxy and the objects were built as: switching between native,
+# cross and static builds rebuilds them rather than mixing objects.
+FLAVOUR = $(CC) $(CFLAGS) $(LIBS)
+.build-flavour: FORCE
+	@echo '$(FLAVOUR)' | cmp -s - $@ || echo '$(FLAVOUR)' >$@
+FORCE:
 
 # Say which Debian packages are missing; install them when root on Debian.
 deps:
@@ -43,22 +82,24 @@ deps:
 	fi
 
 # The test build: sanitizers on, separate objects so ./proxy stays lean.
-test/proxy-san: $(SRC) $(HDR)
-	$(CC) $(WARN) -O1 -g $(SAN) -o $@ $(SRC) $(LIBS)
+test/proxy-san: $(SRC) $(HDR) Makefile
+	$(CC) $(WARN) -O1 -g $(SAN) -o $@ $(SRC) $(SANLIBS)
 
 UNIT = test/unit.c test/unit_http.c test/unit_conf.c test/unit_acl.c \
 	http.c conf.c balance.c tls.c acl.c
 test/unit-san: $(UNIT) $(HDR) test/unit.h
-	$(CC) $(WARN) -O1 -g $(SAN) -I. -o $@ $(UNIT) $(LIBS)
+	$(CC) $(WARN) -O1 -g $(SAN) -I. -o $@ $(UNIT) $(SANLIBS)
 
-# A standalone HTTPS echo server and client on tls.c alone (test/tls_test.sh).
-test/tlsecho: test/tlsecho.c tls.c conf.c $(HDR)
-	$(CC) $(WARN) -O1 -g $(SAN) -I. -o $@ test/tlsecho.c tls.c conf.c $(LIBS)
+# An HTTPS echo server and client on tls.c alone, for test/tls_test.sh
+# (conf.c reads its config; conf.c needs acl.c).
+test/tlsecho: test/tlsecho.c tls.c conf.c acl.c $(HDR)
+	$(CC) $(WARN) -O1 -g $(SAN) -I. -o $@ test/tlsecho.c tls.c conf.c acl.c \
+	    $(SANLIBS)
 
 test/alloccount.so: test/alloccount.c
 	$(CC) -O2 -g -shared -fPIC -o $@ test/alloccount.c -ldl
 
-test: deps proxy test/proxy-san test/unit-san test/alloccount.so
+test: deps proxy test/proxy-san test/unit-san test/alloccount.so test/tlsecho
 	sh test/run
 
 FUZZ = test/fuzz-request test/fuzz-response test/fuzz-chunk test/fuzz-path
@@ -86,14 +127,91 @@ fuzz: $(FUZZ)
 run: all
 	sh test/demo
 
+# INIT=sysv (default): the BusyBox/SysV init script and the systemd
+# unit; INIT=procd: OpenWrt's procd script and no unit. An existing
+# /etc/proxy.ini is kept.
+INIT ?= sysv
+MAN8 = $(DESTDIR)$(PREFIX)/share/man/man8
+MAN5 = $(DESTDIR)$(PREFIX)/share/man/man5
+UNITDIR = $(DESTDIR)$(PREFIX)/lib/systemd/system
+STRIP ?= $(CROSS_COMPILE)strip
+INSTALL_STRIP =
+
 install: all
-	mkdir -p $(DESTDIR)$(PREFIX)/sbin $(DESTDIR)/etc
-	cp proxy $(DESTDIR)$(PREFIX)/sbin/proxy
-	[ -f $(DESTDIR)/etc/proxy.ini ] || cp proxy.ini $(DESTDIR)/etc/proxy.ini
+	@case "$(INIT)" in sysv|procd) ;; \
+	  *) echo "INIT=$(INIT): use sysv or procd"; exit 1 ;; esac
+	install -d $(DESTDIR)$(PREFIX)/sbin $(DESTDIR)/etc/init.d $(MAN8) $(MAN5)
+	install -m 755 $(INSTALL_STRIP) proxy $(DESTDIR)$(PREFIX)/sbin/proxy
+	[ -f $(DESTDIR)/etc/proxy.ini ] || \
+	    install -m 644 proxy.ini $(DESTDIR)/etc/proxy.ini
+	install -m 644 proxy.8 $(MAN8)/proxy.8
+	install -m 644 proxy.ini.5 $(MAN5)/proxy.ini.5
+	if [ "$(INIT)" = procd ]; then \
+	  install -m 755 contrib/proxy.procd $(DESTDIR)/etc/init.d/proxy; \
+	else \
+	  install -m 755 contrib/proxy.init $(DESTDIR)/etc/init.d/proxy && \
+	  install -d $(UNITDIR) && \
+	  install -m 644 contrib/proxy.service $(UNITDIR)/proxy.service; \
+	fi
+
+# The same with the binary stripped by the (cross) toolchain's strip.
+install-strip:
+	$(MAKE) install INSTALL_STRIP="-s --strip-program=$(STRIP)"
+
+# ------------------------------------------------ cross and static builds
+#
+# make CROSS_COMPILE=arm-linux-gnueabihf-   ./proxy for armhf (the same
+#                                           with mipsel-linux-gnu-)
+# make STATIC=1 [CC=musl-gcc]               a fully static ./proxy
+# make test-cross ARCH=armhf|mipsel         test/proxy-ARCH, beside the
+#     native binary, through the end-to-end tests under qemu-user
+#     (E2E=FILTER picks tests); cross-deps installs what that needs from
+#     Debian when root.
+ARCH ?= armhf
+TRIPLET_armhf = arm-linux-gnueabihf
+TRIPLET_mipsel = mipsel-linux-gnu
+TRIPLET = $(TRIPLET_$(ARCH))
+QEMU_armhf = qemu-arm
+QEMU_mipsel = qemu-mipsel
+CROSS_BINS = test/proxy-armhf test/proxy-mipsel
+PYTHON ?= python3
+E2E ?=
+
+cross-deps:
+	@t=$(TRIPLET); \
+	[ -n "$$t" ] || { echo "ARCH=$(ARCH): use armhf or mipsel"; exit 1; }; \
+	have() { command -v $$t-gcc >/dev/null && \
+	    command -v $(QEMU_$(ARCH)) >/dev/null && \
+	    printf '#include <bearssl.h>\n#include <ini.h>\n' | \
+	    $$t-gcc -E -x c - >/dev/null 2>&1 && \
+	    [ "$$($$t-gcc -print-file-name=libbearssl.a)" != libbearssl.a ] && \
+	    [ "$$($$t-gcc -print-file-name=libinih.a)" != libinih.a ] && \
+	    [ "$$($$t-gcc -print-file-name=libcrypt.a)" != libcrypt.a ]; }; \
+	have && exit 0; \
+	pk="gcc-$$t libc6-dev-$(ARCH)-cross libbearssl-dev:$(ARCH) libinih-dev:$(ARCH) libcrypt-dev:$(ARCH) qemu-user"; \
+	echo "cross build for $(ARCH) needs the Debian packages $$pk"; \
+	[ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null || exit 1; \
+	dpkg --add-architecture $(ARCH) && apt-get update && \
+	    apt-get install -y --no-install-recommends $$pk && have
+
+$(CROSS_BINS): $(SRC) $(HDR)
+	$(TRIPLET_$(@:test/proxy-%=%))-gcc $(WARN) $(CFLAGS) -o $@ $(SRC) $(LIBS)
+
+# e2e runs PROXY_BIN as one command: a two-line script hands it to qemu.
+test-cross: cross-deps test/proxy-$(ARCH) proxy test/alloccount.so
+	printf '#!/bin/sh\nexec "%s/test/qemu-wrap" %s "%s/test/proxy-%s" "$$@"\n' \
+	    "$(CURDIR)" $(ARCH) "$(CURDIR)" $(ARCH) >test/proxy-$(ARCH)-qemu
+	chmod 755 test/proxy-$(ARCH)-qemu
+	PROXY_BIN=test/proxy-$(ARCH)-qemu $(PYTHON) test/e2e.py $(E2E)
+
+clean-cross:
+	rm -f $(CROSS_BINS) test/proxy-armhf-qemu test/proxy-mipsel-qemu \
+	    compat.o .build-flavour
 
 clean:
 	rm -f proxy $(OBJ) test/proxy-san test/unit-san test/alloccount.so \
 	    test/tlsecho $(FUZZ)
 	rm -rf test/fuzz/*.work
 
-.PHONY: all deps test fuzz run install clean
+.PHONY: all deps test fuzz run install install-strip clean cross-deps \
+	test-cross clean-cross FORCE

@@ -8,9 +8,16 @@
  * a hash keyed with random bytes drawn at startup, so nobody can choose
  * addresses that all land in one place.
  */
+#include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include <arpa/inet.h>
 #include <sys/random.h>
+
+#include <bearssl.h>
+#include <crypt.h>
 
 #include "proxy.h"
 
@@ -208,4 +215,329 @@ acl_allowed(const struct cidr *allow, int nallow, const struct cidr *deny,
 	if (nallow > 0 && !cidr_match(allow, nallow, sa))
 		return 0;
 	return 1;
+}
+
+/* ------------------------------------------------------- Basic auth */
+
+struct user {
+	char *name;
+	char *hash;
+};
+
+struct authdb {
+	struct user *users;
+	int n;
+	const char *dummy;	/* hashed when the user is unknown */
+};
+
+void
+acl_auth_free(struct authdb *db)
+{
+	int i;
+
+	if (db == NULL)
+		return;
+	for (i = 0; i < db->n; i++) {
+		free(db->users[i].name);
+		free(db->users[i].hash);
+	}
+	free(db->users);
+	free(db);
+}
+
+/* bcrypt ($2a$ $2b$ $2y$) or SHA-512 crypt ($6$): hashes meant for
+ * passwords. DES, MD5 and apr1 are refused: they fall to a GPU in hours. */
+static int
+good_hash(const char *h)
+{
+	const char *r;
+
+	if (strncmp(h, "$6$", 3) != 0 && strncmp(h, "$2a$", 4) != 0 &&
+	    strncmp(h, "$2b$", 4) != 0 && strncmp(h, "$2y$", 4) != 0)
+		return 0;
+	r = crypt("probe", h);
+	return r != NULL && r[0] == '$';
+}
+
+struct authdb *
+acl_auth_load(const char *file, char *err, size_t errlen)
+{
+	struct authdb *db;
+	struct user *u;
+	char line[1024], *p, *colon;
+	FILE *f;
+	int lineno = 0;
+
+	if ((f = fopen(file, "r")) == NULL) {
+		snprintf(err, errlen, "%s: cannot open: %s", file,
+		    strerror(errno));
+		return NULL;
+	}
+	if ((db = calloc(1, sizeof(*db))) == NULL)
+		goto oom;
+	while (fgets(line, sizeof(line), f) != NULL) {
+		lineno++;
+		if ((p = strpbrk(line, "\r\n")) != NULL)
+			*p = '\0';
+		if (line[0] == '\0' || line[0] == '#')
+			continue;
+		colon = strchr(line, ':');
+		if (colon == NULL || colon == line) {
+			snprintf(err, errlen, "%s:%d: want user:hash", file,
+			    lineno);
+			goto fail;
+		}
+		*colon = '\0';
+		if (!good_hash(colon + 1)) {
+			snprintf(err, errlen, "%s:%d: user %s: not a bcrypt "
+			    "or SHA-512 crypt hash", file, lineno, line);
+			goto fail;
+		}
+		u = realloc(db->users, (size_t)(db->n + 1) * sizeof(*u));
+		if (u == NULL)
+			goto oom;
+		db->users = u;
+		u = &u[db->n];
+		u->name = strdup(line);
+		u->hash = strdup(colon + 1);
+		db->n++;
+		if (u->name == NULL || u->hash == NULL)
+			goto oom;
+	}
+	fclose(f);
+	if (db->n == 0) {
+		snprintf(err, errlen, "%s: no users", file);
+		acl_auth_free(db);
+		return NULL;
+	}
+	db->dummy = db->users[0].hash;
+	return db;
+oom:
+	snprintf(err, errlen, "%s: out of memory", file);
+fail:
+	fclose(f);
+	acl_auth_free(db);
+	return NULL;
+}
+
+static int
+b64val(int ch)
+{
+	if (ch >= 'A' && ch <= 'Z')
+		return ch - 'A';
+	if (ch >= 'a' && ch <= 'z')
+		return ch - 'a' + 26;
+	if (ch >= '0' && ch <= '9')
+		return ch - '0' + 52;
+	if (ch == '+')
+		return 62;
+	if (ch == '/')
+		return 63;
+	return -1;
+}
+
+/* Standard base64 with padding into out (NUL-terminated); -1 if bad. */
+static int
+b64decode(const char *p, size_t n, char *out, size_t cap)
+{
+	uint32_t acc = 0;
+	size_t i, o = 0;
+	int bits = 0, v, pad = 0;
+
+	for (i = 0; i < n; i++) {
+		if (p[i] == '=') {
+			pad++;
+			continue;
+		}
+		if (pad || (v = b64val((unsigned char)p[i])) < 0)
+			return -1;
+		acc = acc << 6 | (uint32_t)v;
+		bits += 6;
+		if (bits >= 8) {
+			bits -= 8;
+			if (o + 1 >= cap)
+				return -1;
+			out[o++] = (char)(acc >> bits & 0xff);
+		}
+	}
+	if (pad > 2 || (n % 4) != 0)
+		return -1;
+	out[o] = '\0';
+	return (int)o;
+}
+
+/* Equal strings, in time that depends only on a's length. */
+static int
+ct_equal(const char *a, const char *b)
+{
+	size_t na = strlen(a), nb = strlen(b), i;
+	unsigned d = (unsigned)(na ^ nb);
+
+	if (nb == 0)
+		return 0;
+	for (i = 0; i < na; i++)
+		d |= (unsigned char)a[i] ^ (unsigned char)b[i % nb];
+	return d == 0;
+}
+
+/* Credentials verified lately, by SHA-256 of (db, header value). */
+#define AUTH_CACHE	64
+#define AUTH_TTL_MS	60000
+static struct {
+	uint8_t id[32];
+	int64_t until;
+} seen[AUTH_CACHE];
+
+static void
+auth_id(const struct authdb *db, struct slice v, uint8_t id[32])
+{
+	br_sha256_context h;
+
+	br_sha256_init(&h);
+	br_sha256_update(&h, &db, sizeof(db));
+	br_sha256_update(&h, v.p, v.n);
+	br_sha256_out(&h, id);
+}
+
+int
+acl_auth_check(struct authdb *db, struct slice v, int64_t now)
+{
+	char cred[384], *colon;
+	const char *hash, *r;
+	uint8_t id[32];
+	int i, ok, known, slot = 0;
+
+	/* "Basic" (any case) and the token (RFC 7617). */
+	if (db == NULL || v.n < 7 || strncasecmp(v.p, "basic ", 6) != 0)
+		return 0;
+	auth_id(db, v, id);
+	for (i = 0; i < AUTH_CACHE; i++) {
+		if (seen[i].until > now && memcmp(seen[i].id, id, 32) == 0)
+			return 1;
+		if (seen[i].until < seen[slot].until)
+			slot = i;
+	}
+	v.p += 6;
+	v.n -= 6;
+	while (v.n > 0 && *v.p == ' ') {
+		v.p++;
+		v.n--;
+	}
+	if (b64decode(v.p, v.n, cred, sizeof(cred)) < 0 ||
+	    (colon = strchr(cred, ':')) == NULL)
+		return 0;
+	*colon = '\0';
+	hash = db->dummy;	/* unknown users cost the same time */
+	known = 0;
+	for (i = 0; i < db->n; i++)
+		if (strcmp(db->users[i].name, cred) == 0) {
+			hash = db->users[i].hash;
+			known = 1;
+		}
+	r = crypt(colon + 1, hash);
+	ok = r != NULL && ct_equal(r, hash) && known;
+	if (ok) {
+		memcpy(seen[slot].id, id, 32);
+		seen[slot].until = now + AUTH_TTL_MS;
+	}
+	memset(cred, 0, sizeof(cred));
+	return ok;
+}
+
+/* --------------------------------------------------- PROXY protocol */
+
+static const char v2sig[12] = "\r\n\r\n\0\r\nQUIT\n";
+
+/* "PROXY TCP4 1.2.3.4 5.6.7.8 111 222\r\n" (at most 107 bytes). */
+static int
+proxy_v1(const char *buf, size_t len, struct sockaddr_storage *sa)
+{
+	char line[108], *f[6], *save = NULL, *t;
+	const char *end;
+	long port;
+	int n = 0;
+
+	end = memchr(buf, '\n', len < sizeof(line) ? len : sizeof(line));
+	if (end == NULL)
+		return len < sizeof(line) ? 0 : -1;
+	if (end == buf || end[-1] != '\r')
+		return -1;
+	memcpy(line, buf, (size_t)(end - 1 - buf));
+	line[end - 1 - buf] = '\0';
+	for (t = strtok_r(line, " ", &save); t != NULL && n < 6;
+	    t = strtok_r(NULL, " ", &save))
+		f[n++] = t;
+	if (n >= 2 && strcmp(f[1], "UNKNOWN") == 0)
+		return (int)(end - buf + 1);
+	if (n != 6 || strtok_r(NULL, " ", &save) != NULL)
+		return -1;
+	port = strtol(f[4], &t, 10);
+	if (*t != '\0' || port < 0 || port > 65535)
+		return -1;
+	memset(sa, 0, sizeof(*sa));
+	if (strcmp(f[1], "TCP4") == 0) {
+		struct sockaddr_in *in = (struct sockaddr_in *)sa;
+
+		in->sin_family = AF_INET;
+		in->sin_port = htons((uint16_t)port);
+		if (inet_pton(AF_INET, f[2], &in->sin_addr) != 1)
+			return -1;
+	} else if (strcmp(f[1], "TCP6") == 0) {
+		struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)sa;
+
+		in6->sin6_family = AF_INET6;
+		in6->sin6_port = htons((uint16_t)port);
+		if (inet_pton(AF_INET6, f[2], &in6->sin6_addr) != 1)
+			return -1;
+	} else
+		return -1;
+	return (int)(end - buf + 1);
+}
+
+static int
+proxy_v2(const unsigned char *b, size_t len, struct sockaddr_storage *sa)
+{
+	size_t hlen;
+
+	if (len < 16)
+		return 0;
+	if ((b[12] >> 4) != 2 || (b[12] & 15) > 1)
+		return -1;
+	hlen = 16 + ((size_t)b[14] << 8 | b[15]);
+	if (hlen > 16 + 512)
+		return -1;	/* TLVs we do not want to buffer */
+	if (len < hlen)
+		return 0;
+	if ((b[12] & 15) == 0)
+		return (int)hlen;	/* LOCAL: the balancer's own check */
+	memset(sa, 0, sizeof(*sa));
+	if (b[13] == 0x11 && hlen >= 16 + 12) {
+		struct sockaddr_in *in = (struct sockaddr_in *)sa;
+
+		in->sin_family = AF_INET;
+		memcpy(&in->sin_addr, b + 16, 4);
+		memcpy(&in->sin_port, b + 24, 2);
+	} else if (b[13] == 0x21 && hlen >= 16 + 36) {
+		struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)sa;
+
+		in6->sin6_family = AF_INET6;
+		memcpy(&in6->sin6_addr, b + 16, 16);
+		memcpy(&in6->sin6_port, b + 48, 2);
+	} else if ((b[13] >> 4) != 0)
+		return -1;	/* not TCP over IP: refuse, do not guess */
+	return (int)hlen;
+}
+
+int
+acl_proxy_header(const char *buf, size_t len, struct sockaddr_storage *sa)
+{
+	size_t n = len < 12 ? len : 12;
+
+	if (memcmp(buf, v2sig, n) == 0)
+		return len < 12 ? 0 : proxy_v2((const unsigned char *)buf,
+		    len, sa);
+	n = len < 6 ? len : 6;
+	if (memcmp(buf, "PROXY ", n) == 0)
+		return len < 6 ? 0 : proxy_v1(buf, len, sa);
+	return -1;
 }

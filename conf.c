@@ -27,30 +27,31 @@
 
 #include "proxy.h"
 
-enum sect { S_NONE, S_PROXY, S_BACKEND, S_ROUTE, S_TLS, S_CERT };
+enum sect { S_NONE, S_PROXY, S_BACKEND, S_ROUTE, S_TLS, S_CERT, S_CACHE };
 
 /* [proxy] keys, in the order of the bits in loader.seen. */
 enum {
 	P_LISTEN, P_USER, P_CHROOT, P_PIDFILE, P_LOG, P_MAXCONN, P_BUFFERS,
 	P_BUFSIZE, P_MAXBODY, P_HDRTO, P_IDLETO, P_BACKTO, P_TRUSTED, P_HIDE,
 	P_STATUS, P_STATUS_ALLOW, P_ALLOW, P_DENY, P_MAXPERIP, P_RATE,
-	P_BURST, P_ACCESS
+	P_BURST, P_ACCESS, P_PROXYPROTO
 };
 static const char *const proxy_keys[] = {
 	"listen", "user", "chroot", "pidfile", "log", "max_connections",
 	"buffers", "buffer_size", "max_body", "header_timeout",
 	"idle_timeout", "backend_timeout", "trusted", "hide_headers",
 	"status", "status_allow", "allow", "deny", "max_conns_per_ip",
-	"rate", "rate_burst", "access_log", NULL
+	"rate", "rate_burst", "access_log", "proxy_protocol", NULL
 };
 
 /* Keys that may repeat, their values adding up. */
 #define P_LISTS	(1u << P_LISTEN | 1u << P_TRUSTED | 1u << P_HIDE | \
 	1u << P_STATUS_ALLOW | 1u << P_ALLOW | 1u << P_DENY)
 
-enum { R_HOST, R_PATH, R_BACKEND, R_STRIP, R_ALLOW, R_DENY };
+enum { R_HOST, R_PATH, R_BACKEND, R_STRIP, R_ALLOW, R_DENY, R_AUTH,
+	R_AUTHFWD, R_CACHE };
 static const char *const route_keys[] = { "host", "path", "backend",
-	"strip_prefix", "allow", "deny", NULL };
+	"strip_prefix", "allow", "deny", "auth", "auth_forward", "cache", NULL };
 
 enum { B_SERVER, B_HEALTH, B_INTERVAL, B_FAILTO, B_CA };
 static const char *const backend_keys[] = { "server", "health_check",
@@ -70,19 +71,21 @@ static const char *const tls_keys[] = {
 enum { C_HOSTS, C_CERT, C_KEY };
 static const char *const cert_keys[] = { "hosts", "cert", "key", NULL };
 
+/* [cache] keys, in the order of the bits in loader.kseen. */
+enum { K_SIZE, K_MAXOBJ };
+static const char *const cache_keys[] = { "size", "max_object", NULL };
+
 /*
  * Keys and sections of DESIGN.md whose features this build lacks: saying
  * so beats "unknown key" for a user who copied a newer example.
  */
 static const char *const proxy_later[] = {
-	"proxy_protocol", NULL
+	NULL
 };
 static const char *const backend_later[] = { NULL };
 static const char *const none_later[] = { NULL };
-static const char *const route_later[] = {
-	"cache", "auth", NULL
-};
-static const char *const sect_later[] = { "cache", NULL };
+static const char *const route_later[] = { NULL };
+static const char *const sect_later[] = { NULL };
 
 struct loader {
 	struct config *c;
@@ -105,6 +108,10 @@ struct loader {
 	unsigned tseen;		/* [tls] keys given, 1 << T_* */
 	unsigned cseen;		/* keys given in the current [cert] */
 	int *bline;		/* per route: line of its backend key */
+	int cache_line;		/* line of [cache], 0: none */
+	unsigned kseen;		/* [cache] keys given, 1 << K_* */
+	int maxobj_line;	/* line of [cache] max_object */
+	int cache_route_line;	/* first route with cache = yes */
 };
 
 /* ------------------------------------------------------------ errors */
@@ -213,6 +220,8 @@ unknown_key(struct loader *l, const char *name, const char *const *later)
 		return fail(l, "unknown key '%s' in [proxy]", name);
 	if (l->sect == S_TLS)
 		return fail(l, "unknown key '%s' in [tls]", name);
+	if (l->sect == S_CACHE)
+		return fail(l, "unknown key '%s' in [cache]", name);
 	return fail(l, "unknown key '%s' in [%s %s]", name, l->sname,
 	    l->sect == S_BACKEND ? c->backends[c->nbackends - 1].name :
 	    l->sect == S_CERT ? c->tls.certs[c->tls.ncerts - 1].name :
@@ -759,6 +768,8 @@ proxy_key(struct loader *l, const char *name, const char *v)
 		return set_num(l, &c->rate, name, v, 0, 1000000);
 	case P_BURST:
 		return set_num(l, &c->rate_burst, name, v, 0, 1000000);
+	case P_PROXYPROTO:
+		return set_bool(l, &c->proxy_protocol, name, v);
 	case P_ACCESS:
 		return set_str(l, &c->access_log, name, v, 1);
 	}
@@ -991,6 +1002,22 @@ route_key(struct loader *l, const char *name, const char *v)
 		return (r->backend_name = dup(l, v)) != NULL;
 	case R_STRIP:
 		return set_bool(l, &r->strip_prefix, name, v);
+	case R_CACHE:
+		if (!set_bool(l, &r->cache, name, v))
+			return 0;
+		if (r->cache && l->cache_route_line == 0)
+			l->cache_route_line = l->line;
+		return 1;
+	case R_AUTHFWD:
+		return set_bool(l, &r->auth_forward, name, v);
+	case R_AUTH: {
+		char aerr[256];
+
+		/* Read now, so -t and a reload report a bad file. */
+		if ((r->auth = acl_auth_load(v, aerr, sizeof(aerr))) == NULL)
+			return fail(l, "auth: %s", aerr);
+		return 1;
+	}
 	}
 	return 0;
 }
@@ -1154,6 +1181,41 @@ cert_key(struct loader *l, const char *name, const char *v)
 	return 0;
 }
 
+/* ------------------------------------------------------------ [cache] */
+
+static int
+cache_key(struct loader *l, const char *name, const char *v)
+{
+	struct config *c = l->c;
+	int64_t sz;
+	int k;
+
+	if ((k = lookup(cache_keys, name)) < 0)
+		return unknown_key(l, name, none_later);
+	if (l->cont)
+		return fail(l, "%s: takes one value (indented line continues "
+		    "it)", name);
+	if (l->kseen & 1u << k)
+		return fail(l, "duplicate key '%s' in [cache]", name);
+	l->kseen |= 1u << k;
+	if ((sz = conf_size(v)) < 0)
+		return fail(l, "%s: bad size '%s'", name, v);
+	if (k == K_SIZE) {
+		/* The arena is reserved at startup: keep it plausible. */
+		if (sz != 0 && (sz < 64 * 1024 || sz > 1024 * 1024 * 1024))
+			return fail(l, "size: '%s' is out of range 64K..1G "
+			    "(0: off)", v);
+		c->cache_size = (uint64_t)sz;
+	} else {
+		if (sz < 1024 || sz > 1024 * 1024 * 1024)
+			return fail(l, "max_object: '%s' is out of range "
+			    "1K..1G", v);
+		c->cache_max_object = (uint64_t)sz;
+		l->maxobj_line = l->line;
+	}
+	return 1;
+}
+
 static int
 handler(void *user, const char *section, const char *name, const char *value)
 {
@@ -1172,6 +1234,8 @@ handler(void *user, const char *section, const char *name, const char *value)
 		return tls_key(l, name, value);
 	case S_CERT:
 		return cert_key(l, name, value);
+	case S_CACHE:
+		return cache_key(l, name, value);
 	case S_NONE:
 		break;
 	}
@@ -1237,6 +1301,18 @@ section_cert(struct loader *l, const char *name)
 	return (tc->name = dup(l, name)) != NULL;
 }
 
+static int
+section_cache(struct loader *l, const char *name)
+{
+	if (*name != '\0')
+		return fail(l, "[cache] takes no name");
+	if (l->cache_line != 0)
+		return fail(l, "duplicate section [cache]");
+	l->cache_line = l->line;
+	l->sect = S_CACHE;
+	return 1;
+}
+
 /* A "[type name]" line: s is the text between the brackets. */
 static int
 section(struct loader *l, char *s)
@@ -1273,6 +1349,8 @@ section(struct loader *l, char *s)
 		return section_tls(l, name);
 	if (strcasecmp(type, "cert") == 0)
 		return section_cert(l, name);
+	if (strcasecmp(type, "cache") == 0)
+		return section_cache(l, name);
 	if (strcasecmp(type, "backend") != 0 &&
 	    strcasecmp(type, "route") != 0) {
 		if (lookup(sect_later, type) >= 0)
@@ -1498,14 +1576,59 @@ tls_check(struct loader *l, char *msg, size_t len)
 	return best;
 }
 
+/* "1M", "64K" or bytes, for messages. */
+static void
+size_text(uint64_t v, char *buf, size_t len)
+{
+	if (v > 0 && v % (1024 * 1024) == 0)
+		snprintf(buf, len, "%lluM", (unsigned long long)(v >> 20));
+	else if (v > 0 && v % 1024 == 0)
+		snprintf(buf, len, "%lluK", (unsigned long long)(v >> 10));
+	else
+		snprintf(buf, len, "%llu", (unsigned long long)v);
+}
+
+/*
+ * [cache] defaults (size 1M, max_object 64K when the section is there;
+ * no section: size 0, the cache is off) and what its keys and the
+ * routes' cache keys need from the whole file. Returns the line of the
+ * earliest problem (INT_MAX: none) with its message in msg.
+ */
+static int
+cache_check(struct loader *l, char *msg, size_t len)
+{
+	struct config *c = l->c;
+	char a[32], b[32];
+	int best = INT_MAX;
+
+	if (l->cache_line != 0) {
+		if (!(l->kseen & 1u << K_SIZE))
+			c->cache_size = 1024 * 1024;
+		if (!(l->kseen & 1u << K_MAXOBJ))
+			c->cache_max_object = 64 * 1024;
+		else if (c->cache_size > 0 &&
+		    c->cache_max_object > c->cache_size) {
+			size_text(c->cache_max_object, a, sizeof(a));
+			size_text(c->cache_size, b, sizeof(b));
+			early(&best, msg, len, l->maxobj_line, "max_object: "
+			    "%s is larger than size (%s)", a, b);
+		}
+	}
+	/* A route that asks for a cache nobody configured is a typo. */
+	if (l->cache_route_line != 0 && l->cache_line == 0)
+		early(&best, msg, len, l->cache_route_line,
+		    "cache: yes needs a [cache] section");
+	return best;
+}
+
 /* Checks that need the whole file; the earliest line is reported. */
 static void
 finish(struct loader *l)
 {
 	struct config *c = l->c;
 	struct route *r;
-	char tmsg[300];
-	int i, j, best = INT_MAX, bi = -1, kind = 0, tline;
+	char tmsg[300], kmsg[300];
+	int i, j, best = INT_MAX, bi = -1, kind = 0, tline, kline;
 
 	for (i = 0; i < c->nbackends; i++)
 		if (c->backends[i].nsrv == 0 && c->backends[i].line < best) {
@@ -1534,7 +1657,12 @@ finish(struct loader *l)
 			kind = 3;
 		}
 	}
-	if ((tline = tls_check(l, tmsg, sizeof(tmsg))) < best) {
+	tline = tls_check(l, tmsg, sizeof(tmsg));
+	if ((kline = cache_check(l, kmsg, sizeof(kmsg))) < tline) {
+		tline = kline;
+		memcpy(tmsg, kmsg, sizeof(tmsg));
+	}
+	if (tline < best) {
 		fail_at(l, tline, "%s", tmsg);
 		return;
 	}
@@ -1663,6 +1791,7 @@ conf_free(struct config *c)
 		free(c->routes[i].backend_name);
 		free(c->routes[i].allow);
 		free(c->routes[i].deny);
+		acl_auth_free(c->routes[i].auth);
 	}
 	free(c->routes);
 	for (i = 0; i < c->tls.nlisten; i++)

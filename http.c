@@ -990,6 +990,9 @@ http_write_request(char *out, size_t cap, const struct http_msg *m,
 			xfh = 1;
 		} else if (slice_eq(h->name, "forwarded") && !f->trusted)
 			continue;
+		/* Credentials checked by the proxy stay with the proxy. */
+		if (f->drop_auth && slice_eq(h->name, "authorization"))
+			continue;
 		put_field(&w, h->name, h->value);
 	}
 
@@ -1274,6 +1277,8 @@ static const struct {
 	/* The first entry is the fallback for codes not listed. */
 	ENTRY(500, "Internal Server Error", 26, ""),
 	ENTRY(400, "Bad Request", 16, ""),
+	ENTRY(401, "Unauthorized", 17,
+	    "WWW-Authenticate: Basic realm=\"restricted\", charset=\"UTF-8\"\r\n"),
 	ENTRY(403, "Forbidden", 14, ""),
 	ENTRY(404, "Not Found", 14, ""),
 	ENTRY(408, "Request Timeout", 20, ""),

@@ -91,6 +91,7 @@ enum {
 	F_CKICK = 1 << 24,	/* queued: TLS plaintext waits for the client */
 	F_UKICK = 1 << 25,	/* queued: the same from the upstream */
 	F_LOGREQ = 1 << 26,	/* a request to write to the access log */
+	F_NEEDPROXY = 1 << 27,	/* a PROXY protocol header must come first */
 };
 
 /* Bytes d[off..len) are unconsumed; d is NULL while the buffer is not lent. */
@@ -776,6 +777,7 @@ static void conn_update(struct conn *c);
 static void client_flush(struct conn *c);
 static void up_flush(struct conn *c);
 static void head_step(struct conn *c);
+static struct slice header_value(const struct http_msg *m, const char *name);
 static void status_request(struct conn *c);
 static void cfg_release(struct conn *c);
 static void reload(void);
@@ -877,7 +879,7 @@ exchange_reset(struct conn *c)
 	c->sent = 0;
 	c->rhead = 0;
 	c->flags &= F_TRUSTED | F_CBLOCK | F_WAITBUF | F_CEOF | F_CHUP |
-	    F_DEFER | F_COUNTED | F_CKICK | F_UKICK;
+	    F_DEFER | F_COUNTED | F_CKICK | F_UKICK | F_NEEDPROXY;
 }
 
 /*
@@ -1701,6 +1703,11 @@ req_start(struct conn *c)
 		send_error(c, 403);
 		return;
 	}
+	if (cfg.routes[r].auth != NULL && !acl_auth_check(cfg.routes[r].auth,
+	    header_value(&msg, "Authorization"), now)) {
+		send_error(c, 401);
+		return;
+	}
 	{
 		int retry;
 
@@ -1733,6 +1740,7 @@ req_start(struct conn *c)
 	fwd.proto = c->ctls != NULL ? "https" : "http";
 	fwd.trusted = (c->flags & F_TRUSTED) != 0;
 	fwd.minor = msg.minor;
+	fwd.drop_auth = c->rt->auth != NULL && !c->rt->auth_forward;
 	n = http_write_request(scratch, bufsz, &msg, &fwd);
 	tail = b->len - msg.head_len;
 	if (n < 0 || n + tail > bufsz) {
@@ -2000,6 +2008,45 @@ redirect_request(struct conn *c)
 	client_flush(c);
 }
 
+/*
+ * proxy_protocol: a trusted balancer in front says who the client is
+ * (PROXY v1 or v2) before the first request. From then on the client's
+ * address is used for ACLs, limits, logs and X-Forwarded-For. Returns 1
+ * when done (the header consumed), 0 for more bytes, -1 after an error.
+ */
+static int
+proxy_step(struct conn *c)
+{
+	struct buf *b = &c->rq;
+	struct sockaddr_storage ss;
+	int r;
+
+	r = acl_proxy_header(b->d + b->off, b->len - b->off, &ss);
+	if (r == 0) {
+		if (b->len >= bufsz - HEAD_SLACK)
+			send_error(c, 400);
+		return 0;
+	}
+	if (r < 0) {
+		send_error(c, 400);
+		return -1;
+	}
+	b->off += (uint32_t)r;
+	c->flags &= ~F_NEEDPROXY;
+	if (ss.ss_family == AF_INET || ss.ss_family == AF_INET6) {
+		/* Connection caps counted the balancer, not the client. */
+		if (c->flags & F_COUNTED)
+			acl_conn_close(&c->peer.sa, cfg.max_conns_per_ip);
+		c->flags &= ~(F_COUNTED | F_TRUSTED);
+		memcpy(&c->peer, &ss, ss.ss_family == AF_INET ?
+		    sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6));
+		if (cidr_match(cfg.trusted, cfg.ntrusted, &c->peer.sa))
+			c->flags |= F_TRUSTED;
+	}
+	buf_compact(b);		/* the head is parsed and rewritten at 0 */
+	return 1;
+}
+
 /* Try to parse a request head from rq. */
 static void
 head_step(struct conn *c)
@@ -2008,6 +2055,8 @@ head_step(struct conn *c)
 	int r;
 
 	buf_compact(b);
+	if ((c->flags & F_NEEDPROXY) && proxy_step(c) <= 0)
+		return;
 	r = http_parse_request(b->d, b->len, &msg);
 	if (r > 0) {
 		req_start(c);
@@ -2570,8 +2619,11 @@ do_accept(int lfd, int is_tls)
 		c->ustate = U_NONE;
 		c->cstate = C_IDLE;
 		c->tstart = c->tprog = now;
-		if (cidr_match(cfg.trusted, cfg.ntrusted, &a.sa))
+		if (cidr_match(cfg.trusted, cfg.ntrusted, &a.sa)) {
 			c->flags |= F_TRUSTED;
+			if (cfg.proxy_protocol)
+				c->flags |= F_NEEDPROXY;
+		}
 		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 		c->cslot = loop_watch(fd, O_CLIENT, (int)(c - conns));
 		conn_update(c);

@@ -104,6 +104,7 @@ struct http_fwd {
 	const char *proto;	/* "http" or "https" */
 	int trusted;		/* client may set X-Forwarded-* itself */
 	int minor;		/* HTTP version to speak upstream */
+	int drop_auth;		/* leave out Authorization (route auth) */
 };
 
 /*
@@ -221,6 +222,8 @@ struct route {
 	struct cidr *allow, *deny;	/* route ACL (deny wins) */
 	int nallow, ndeny;
 	int cache;		/* cache = yes: use the [cache] */
+	struct authdb *auth;	/* Basic auth users (acl.c), NULL: none */
+	int auth_forward;	/* pass Authorization on to the backend */
 };
 
 /* A certificate with its key, chosen by SNI ([cert NAME]) or the default. */
@@ -260,6 +263,7 @@ struct config {
 	int nallow, ndeny;
 	long max_conns_per_ip;	/* 0: no cap */
 	long rate, rate_burst;	/* requests/s per address, 0: off */
+	int proxy_protocol;	/* PROXY v1/v2 header from trusted peers */
 	char *status;		/* status page path, NULL: off */
 	struct cidr *status_allow;
 	int nstatus_allow;
@@ -377,8 +381,11 @@ long cache_read(struct cache_ref *ref, char *dst, size_t cap,
     const struct http_rsp *o, int head_only, int64_t now);
 
 /* The stored response's framing: 1 when its body is chunked (it is then
- * not served to HTTP/1.0 clients), and its status code. */
+ * not served to HTTP/1.0 clients), 0 when not, -1 when it is gone. */
 int cache_chunked(const struct cache_ref *ref);
+/* The status code cache_read will send (304 for CACHE_NOTMOD), -1 when
+ * the object is gone. */
+int cache_status(const struct cache_ref *ref);
 
 /*
  * Begin storing a response. req/reqlen: the request head as forwarded
@@ -431,6 +438,23 @@ int acl_rate(const struct sockaddr *sa, long rate, long burst, int64_t now,
 int acl_allowed(const struct cidr *allow, int nallow,
     const struct cidr *deny, int ndeny, const struct sockaddr *sa);
 
+/* HTTP Basic users from an htpasswd-style file ("user:crypt-hash" lines,
+ * bcrypt or SHA-512 crypt); NULL with err "FILE:LINE: message". */
+struct authdb *acl_auth_load(const char *file, char *err, size_t errlen);
+void acl_auth_free(struct authdb *db);
+/* Does an Authorization value ("Basic base64(user:pass)") name a user of
+ * db with that password? Hashes compared in constant time; verified
+ * credentials are remembered for a minute, so a slow hash (bcrypt) is
+ * not paid on every request. */
+int acl_auth_check(struct authdb *db, struct slice value, int64_t now);
+
+/*
+ * PROXY protocol v1 or v2 header at buf[0..len): the client address it
+ * carries goes to *sa (unchanged for LOCAL/UNKNOWN). Returns the header
+ * length, 0 when more bytes are needed, -1 when malformed or absent.
+ */
+int acl_proxy_header(const char *buf, size_t len, struct sockaddr_storage *sa);
+
 /* ---------------------------------------------------------------- tls.c */
 
 /*
@@ -447,11 +471,6 @@ struct tls;
 int tls_init(const struct config *c, int nserver, int nclient, char *err,
     size_t errlen);
 void tls_free(void);
-/* Reload certificates, keys, trust anchors and ciphers from c (SIGHUP)
- * without touching engines in use: a handshake under way finishes with
- * what it started with. The pool sizes (connections, sessions) stay as
- * tls_init made them. -1 with err set: the old set stays in force. */
-int tls_reload(const struct config *c, char *err, size_t errlen);
 /*
  * SIGHUP: load c's certificates, keys, SNI table and trust anchors as
  * tls_init does and use them for handshakes from now on; engines in use
@@ -490,9 +509,6 @@ short tls_events(const struct tls *t);
 /* The handshake finished. */
 int tls_ready(const struct tls *t);
 /* Decrypted bytes wait in the engine: poll() will not say so. */
-int tls_pending(const struct tls *t);
-/* Plaintext already decrypted and waiting in the engine: call tls_recv
- * without waiting for poll(), which cannot see it. */
 int tls_pending(const struct tls *t);
 /* Why the engine failed, for the log ("certificate not trusted by ca"). */
 const char *tls_error(const struct tls *t);

@@ -93,6 +93,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	ASSERT(http_parse_request(buf, (size_t)r / 2, &m2) == 0);
 
 	/* Rewrite for upstream, under the four trust/version combinations. */
+	memset(&f, 0, sizeof(f));
 	f.client_ip = "192.0.2.1";
 	f.proto = "https";
 	for (i = 0; i < 4; i++) {

@@ -1,5 +1,9 @@
 /* Unit tests of acl.c: token buckets, per-address caps, allow/deny. */
+#include <crypt.h>
+#include <fcntl.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <arpa/inet.h>
 
 #include "proxy.h"
@@ -116,6 +120,100 @@ allow_tests(void)
 	    "no lists: all");
 }
 
+static struct slice
+sl(const char *s)
+{
+	struct slice x;
+
+	x.p = s;
+	x.n = (uint32_t)strlen(s);
+	return x;
+}
+
+static void
+auth_tests(void)
+{
+	char path[] = "/tmp/unit_acl.XXXXXX", err[256], line[256];
+	struct authdb *db;
+	const char *h;
+	int fd, n;
+
+	/* alice: "s3cret" (SHA-512 crypt), bob: "pw2" (bcrypt). */
+	fd = mkstemp(path);
+	h = crypt("s3cret", "$6$unitsalt$");
+	n = snprintf(line, sizeof(line), "# users\nalice:%s\n", h);
+	CHECK(write(fd, line, (size_t)n) == n, "write htpasswd");
+	h = crypt("pw2", "$2b$05$abcdefghijklmnopqrstuu");
+	n = snprintf(line, sizeof(line), "bob:%s\n", h);
+	CHECK(write(fd, line, (size_t)n) == n, "write htpasswd");
+	close(fd);
+	db = acl_auth_load(path, err, sizeof(err));
+	CHECK(db != NULL, "htpasswd loads");
+	/* base64("alice:s3cret"), ("bob:pw2"), ("alice:nope") */
+	CHECK(acl_auth_check(db, sl("Basic YWxpY2U6czNjcmV0"), 0),
+	    "alice, right password (first user)");
+	CHECK(acl_auth_check(db, sl("basic Ym9iOnB3Mg=="), 0),
+	    "bob, bcrypt, scheme in lower case");
+	CHECK(!acl_auth_check(db, sl("Basic YWxpY2U6bm9wZQ=="), 0),
+	    "wrong password");
+	CHECK(!acl_auth_check(db, sl("Basic Y2Fyb2w6czNjcmV0"), 0),
+	    "unknown user with alice's password");
+	CHECK(!acl_auth_check(db, sl("Basic !!!"), 0), "bad base64");
+	CHECK(!acl_auth_check(db, sl("Bearer YWxpY2U6czNjcmV0"), 0),
+	    "other scheme");
+	CHECK(!acl_auth_check(db, sl("-"), 0), "no header");
+	acl_auth_free(db);
+
+	fd = open(path, O_WRONLY | O_TRUNC);
+	n = snprintf(line, sizeof(line), "carol:abJnggxhB/yWI\n");
+	CHECK(write(fd, line, (size_t)n) == n, "write htpasswd");
+	close(fd);
+	db = acl_auth_load(path, err, sizeof(err));
+	CHECK(db == NULL && strstr(err, ":1: user carol: not a bcrypt") !=
+	    NULL, "DES crypt refused");
+	unlink(path);
+}
+
+static void
+proxy_tests(void)
+{
+	static const char v2[] = "\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c"
+	    "\xc6\x33\x64\x04\x7f\x00\x00\x01\x11\x5c\x4a\x38";
+	static const char v2local[] = "\r\n\r\n\0\r\nQUIT\n\x20\x00\x00\x00";
+	struct sockaddr_storage ss;
+	const char *p;
+	char ip[64];
+
+	p = "PROXY TCP4 203.0.113.9 127.0.0.1 5555 80\r\nGET /";
+	CHECK(acl_proxy_header(p, strlen(p), &ss) == 42, "v1 TCP4 length");
+	inet_ntop(AF_INET, &((struct sockaddr_in *)&ss)->sin_addr, ip,
+	    sizeof(ip));
+	CHECK(strcmp(ip, "203.0.113.9") == 0, "v1 TCP4 address");
+	p = "PROXY TCP6 2001:db8::1 ::1 5555 80\r\n";
+	CHECK(acl_proxy_header(p, strlen(p), &ss) == (int)strlen(p) &&
+	    ss.ss_family == AF_INET6, "v1 TCP6");
+	p = "PROXY UNKNOWN\r\n";
+	CHECK(acl_proxy_header(p, strlen(p), &ss) == 15, "v1 UNKNOWN");
+	p = "PROXY TCP4 203.0.113.9 127.0.0.1 5555";
+	CHECK(acl_proxy_header(p, strlen(p), &ss) == 0, "v1 incomplete");
+	p = "PROXY TCP4 1.2.3 127.0.0.1 5555 80\r\n";
+	CHECK(acl_proxy_header(p, strlen(p), &ss) == -1, "v1 bad address");
+	p = "PROXY TCP4 1.2.3.4 127.0.0.1 70000 80\r\n";
+	CHECK(acl_proxy_header(p, strlen(p), &ss) == -1, "v1 bad port");
+	p = "PROXY TCP4 1.2.3.4 127.0.0.1 1 80\n";
+	CHECK(acl_proxy_header(p, strlen(p), &ss) == -1, "v1 bare LF");
+	p = "GET / HTTP/1.1\r\n";
+	CHECK(acl_proxy_header(p, strlen(p), &ss) == -1, "no header");
+	CHECK(acl_proxy_header(v2, sizeof(v2) - 1, &ss) == 28 &&
+	    ss.ss_family == AF_INET, "v2 TCP4");
+	inet_ntop(AF_INET, &((struct sockaddr_in *)&ss)->sin_addr, ip,
+	    sizeof(ip));
+	CHECK(strcmp(ip, "198.51.100.4") == 0, "v2 address");
+	CHECK(acl_proxy_header(v2, 20, &ss) == 0, "v2 incomplete");
+	CHECK(acl_proxy_header(v2local, sizeof(v2local) - 1, &ss) == 16,
+	    "v2 LOCAL");
+}
+
 void
 unit_acl(void)
 {
@@ -123,4 +221,6 @@ unit_acl(void)
 	rate_tests();
 	conn_tests();
 	allow_tests();
+	auth_tests();
+	proxy_tests();
 }

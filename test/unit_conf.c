@@ -89,10 +89,40 @@ err_table(void)
 	    ":1: unknown section [foo]" },
 	{ "unknown section with name", "[foo bar]\n",
 	    ":1: unknown section [foo bar]" },
-	{ "cache later", "\n[cache]\nsize = 1M\n",
-	    ":2: [cache] is not supported by this build" },
-	{ "proxy_protocol later", "[proxy]\nproxy_protocol = yes\n",
-	    ":2: 'proxy_protocol' is not supported by this build" },
+	{ "cache with a name", "\n[cache x]\n", ":2: [cache] takes no name" },
+	{ "duplicate cache", "[cache]\nsize = 1M\n[cache]\n",
+	    ":3: duplicate section [cache]" },
+	{ "unknown cache key", "[cache]\nfoo = 1\n",
+	    ":2: unknown key 'foo' in [cache]" },
+	{ "duplicate cache key", "[cache]\nsize = 1M\nSIZE = 2M\n",
+	    ":3: duplicate key 'SIZE' in [cache]" },
+	{ "cache size bad", "[cache]\nsize = lots\n",
+	    ":2: size: bad size 'lots'" },
+	{ "cache size too small", "[cache]\nsize = 16K\n",
+	    ":2: size: '16K' is out of range 64K..1G (0: off)" },
+	{ "cache size too big", "[cache]\nsize = 2G\n",
+	    ":2: size: '2G' is out of range 64K..1G (0: off)" },
+	{ "max_object bad", "[cache]\nmax_object = 1X\n",
+	    ":2: max_object: bad size '1X'" },
+	{ "max_object too small", "[cache]\nmax_object = 100\n",
+	    ":2: max_object: '100' is out of range 1K..1G" },
+	{ "max_object over size", "[cache]\nmax_object = 2M\nsize = 1M\n",
+	    ":2: max_object: 2M is larger than size (1M)" },
+	{ "max_object over default size", "[cache]\nmax_object = 1536K\n",
+	    ":2: max_object: 1536K is larger than size (1M)" },
+	{ "cache continued", "[cache]\nsize = 1M\n  2M\n",
+	    ":3: size: takes one value (indented line continues it)" },
+	{ "route cache bad", "[route r]\ncache = maybe\n",
+	    ":2: cache: want yes or no, not 'maybe'" },
+	{ "route cache without [cache]",
+	    "[backend b]\nserver = 127.0.0.1:1\n[route r]\nbackend = b\n"
+	    "cache = yes\n",
+	    ":5: cache: yes needs a [cache] section" },
+	{ "earliest: route error before cache",
+	    "[route r]\nbackend = zz\ncache = yes\n",
+	    ":2: route 'r': backend 'zz' is not defined" },
+	{ "proxy_protocol bad", "[proxy]\nproxy_protocol = sometimes\n",
+	    ":2: proxy_protocol: want yes or no, not 'sometimes'" },
 	{ "rate bad", "[proxy]\nrate = ten\n",
 	    ":2: rate: bad number 'ten'" },
 	{ "max_conns_per_ip twice", "[proxy]\nmax_conns_per_ip = 1\n"
@@ -117,8 +147,9 @@ err_table(void)
 	    ":2: strip_prefix: want yes or no, not 'maybe'" },
 	{ "route allow bad", "[route r]\nallow = 10.0.0.0/40\n",
 	    ":2: allow: bad CIDR '10.0.0.0/40'" },
-	{ "route auth later", "[route r]\nauth = /etc/htpasswd\n",
-	    ":2: 'auth' is not supported by this build" },
+	{ "route auth missing file", "[route r]\nauth = /nonexistent/htpw\n",
+	    ":2: auth: /nonexistent/htpw: cannot open: No such file or "
+	    "directory" },
 	{ "unknown backend key", "[backend web]\nfoo = 1\n",
 	    ":2: unknown key 'foo' in [backend web]" },
 	{ "unknown route key", "[route r1]\nfoo = 1\n",
@@ -696,6 +727,56 @@ default_config(void)
 	conf_free(&c);
 }
 
+/* [cache] and the routes' cache key. */
+static void
+cache_config(void)
+{
+	struct config c;
+	char err[512];
+	int rc;
+
+	rc = load("[backend b]\nserver = 127.0.0.1:1\n"
+	    "[route r1]\nbackend = b\ncache = yes\n"
+	    "[route r2]\nbackend = b\ncache = no\n"
+	    "[route r3]\nbackend = b\n"
+	    "[cache]\nsize = 4M\nmax_object = 256K\n", &c, err, sizeof(err));
+	CHECK(rc == 0, "cache config loads");
+	if (rc != 0)
+		printf("  error: %s\n", err);
+	CHECK(rc == 0 && c.cache_size == 4u << 20 &&
+	    c.cache_max_object == 256u << 10, "cache size, max_object");
+	CHECK(rc == 0 && c.nroutes == 3 && c.routes[0].cache == 1 &&
+	    c.routes[1].cache == 0 && c.routes[2].cache == 0,
+	    "route cache yes/no/default");
+	conf_free(&c);
+
+	rc = load("[cache]\n", &c, err, sizeof(err));
+	CHECK(rc == 0 && c.cache_size == 1u << 20 &&
+	    c.cache_max_object == 64u << 10, "empty [cache]: 1M, 64K");
+	conf_free(&c);
+
+	rc = load("[cache]\nmax_object = 1M\n", &c, err, sizeof(err));
+	CHECK(rc == 0 && c.cache_size == 1u << 20 &&
+	    c.cache_max_object == 1u << 20, "max_object = default size");
+	conf_free(&c);
+
+	rc = load("[cache]\nsize = 0\nmax_object = 8M\n", &c, err,
+	    sizeof(err));
+	CHECK(rc == 0 && c.cache_size == 0, "size 0: off, any max_object");
+	conf_free(&c);
+
+	rc = load("[cache]\nsize = 0\n[backend b]\nserver = 127.0.0.1:1\n"
+	    "[route r]\nbackend = b\ncache = on\n", &c, err, sizeof(err));
+	CHECK(rc == 0 && c.routes[0].cache == 1,
+	    "route cache with [cache] size 0");
+	conf_free(&c);
+
+	rc = load("", &c, err, sizeof(err));
+	CHECK(rc == 0 && c.cache_size == 0 && c.cache_max_object == 0,
+	    "no [cache]: off");
+	conf_free(&c);
+}
+
 static void
 duration_table(void)
 {
@@ -1081,6 +1162,7 @@ unit_conf(void)
 	match_table();
 	route_table();
 	pick_test();
+	cache_config();
 
 	unlink(file);
 	rmdir(dir);

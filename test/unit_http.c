@@ -1006,7 +1006,7 @@ static int
 again_req(size_t cap)
 {
 	struct http_fwd f = { "192.0.2.1", "http", cur_req->trusted,
-	    cur_req->minor };
+	    cur_req->minor, 0 };
 
 	return http_write_request(out, cap, &msg, &f);
 }
