@@ -21,7 +21,7 @@ WARN = -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wshadow -Wstrict-prototypes \
 # statically so a device needs neither library.
 LIBS = -Wl,-Bstatic -lbearssl -linih -lcrypt -Wl,-Bdynamic
 
-SRC = proxy.c http.c conf.c balance.c tls.c acl.c
+SRC = proxy.c http.c conf.c balance.c tls.c acl.c cache.c
 OBJ = $(SRC:.c=.o)
 HDR = proxy.h
 SAN = -fsanitize=address,undefined -fno-omit-frame-pointer \
@@ -33,18 +33,21 @@ SANLIBS = -Wl,-Bstatic -lbearssl -linih -Wl,-Bdynamic -lcrypt
 # STATIC=1: a fully static ./proxy. With glibc (plain cc) the link warns
 # that getpwnam and getaddrinfo still want glibc's NSS modules at run
 # time; CC=musl-gcc (Debian's musl-tools) has no such catch. Debian
-# builds libbearssl.a and libinih.a with _FORTIFY_SOURCE, so under musl
-# they need glibc's __memcpy_chk and friends: compat.c has them.
+# builds libbearssl.a, libinih.a and libcrypt.a with _FORTIFY_SOURCE, so
+# under musl they need glibc's __memcpy_chk and friends: compat.c.
 ifeq ($(STATIC),1)
 SRC += compat.c
 LIBS = -static -lbearssl -linih -lcrypt
 ifneq ($(findstring musl,$(CC)),)
 # musl-gcc sees only musl's headers and libraries: let it find Debian's
-# -dev headers after its own, and name the two archives by path, since
-# a -L to the glibc library directory could bring glibc's libc.a in.
+# -dev headers after its own (crypt.h excepted: contrib/musl), and name
+# the archives by path, since a -L to the glibc library directory could
+# bring glibc's libc.a in. Debian's musl has no crypt(): libxcrypt's
+# libcrypt.a provides it.
 MUSL_LIBDIR ?= /usr/lib/$(shell cc -print-multiarch)
-override CC := $(CC) -idirafter /usr/include
-LIBS = -static $(MUSL_LIBDIR)/libbearssl.a $(MUSL_LIBDIR)/libinih.a
+override CC := $(CC) -Icontrib/musl -idirafter /usr/include
+LIBS = -static $(MUSL_LIBDIR)/libbearssl.a $(MUSL_LIBDIR)/libinih.a \
+	$(MUSL_LIBDIR)/libcrypt.a
 endif
 endif
 # Where a cross toolchain that does not search Debian's multiarch
@@ -86,7 +89,7 @@ test/proxy-san: $(SRC) $(HDR) Makefile
 	$(CC) $(WARN) -O1 -g $(SAN) -o $@ $(SRC) $(SANLIBS)
 
 UNIT = test/unit.c test/unit_http.c test/unit_conf.c test/unit_acl.c \
-	http.c conf.c balance.c tls.c acl.c
+	test/unit_cache.c http.c conf.c balance.c tls.c acl.c cache.c
 test/unit-san: $(UNIT) $(HDR) test/unit.h
 	$(CC) $(WARN) -O1 -g $(SAN) -I. -o $@ $(UNIT) $(SANLIBS)
 
@@ -99,10 +102,11 @@ test/tlsecho: test/tlsecho.c tls.c conf.c acl.c $(HDR)
 test/alloccount.so: test/alloccount.c
 	$(CC) -O2 -g -shared -fPIC -o $@ test/alloccount.c -ldl
 
-test: deps proxy test/proxy-san test/unit-san test/alloccount.so test/tlsecho
+test: deps proxy test/proxy-san test/unit-san test/alloccount.so test/tlsecho $(FUZZ)
 	sh test/run
 
-FUZZ = test/fuzz-request test/fuzz-response test/fuzz-chunk test/fuzz-path
+FUZZ = test/fuzz-request test/fuzz-response test/fuzz-chunk test/fuzz-path \
+	test/fuzz-conf
 FUZZSAN = -fsanitize=fuzzer,address,undefined -g -O1 -I.
 FUZZTIME ?= 30
 
@@ -114,6 +118,9 @@ test/fuzz-chunk: test/fuzz_chunk.c http.c $(HDR)
 	$(CLANG) $(WARN) $(FUZZSAN) -o $@ test/fuzz_chunk.c http.c
 test/fuzz-path: test/fuzz_path.c http.c $(HDR)
 	$(CLANG) $(WARN) $(FUZZSAN) -o $@ test/fuzz_path.c http.c
+test/fuzz-conf: test/fuzz_conf.c conf.c acl.c $(HDR)
+	$(CLANG) $(WARN) $(FUZZSAN) -o $@ test/fuzz_conf.c conf.c acl.c \
+	    -Wl,-Bstatic -linih -lbearssl -Wl,-Bdynamic -lcrypt
 
 # Each target runs FUZZTIME seconds over its seed corpus.
 fuzz: $(FUZZ)

@@ -30,6 +30,8 @@ inside(struct slice s, const char *buf, size_t len)
 	ASSERT(s.p >= buf && s.p + s.n <= buf + len);
 }
 
+static int with_prefix;
+
 static int
 write_resp(size_t cap, int close, int minor, const char *hide)
 {
@@ -44,8 +46,8 @@ write_resp(size_t cap, int close, int minor, const char *hide)
 		o.close = close;
 		o.client_minor = minor;
 		o.hide = hide;
-		/* Exercise the Location rewriting on every other input. */
-		if (cap & 1) {
+		/* Exercise the Location rewriting on half the inputs. */
+		if (with_prefix) {
 			o.prefix = "/app/";
 			o.server = "127.0.0.1:9001";
 			o.host_hash = http_host_hash("example.org", 11);
@@ -74,6 +76,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	close = (data[0] >> 1) & 1;
 	minor = (data[0] >> 2) & 1;
 	hide = hides[(data[0] >> 3) & 3];
+	with_prefix = (data[0] >> 5) & 1;
 	buf = (const char *)data + 1;
 	size--;
 
