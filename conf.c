@@ -51,7 +51,8 @@ static const char *const proxy_keys[] = {
 enum { R_HOST, R_PATH, R_BACKEND, R_STRIP, R_ALLOW, R_DENY, R_AUTH,
 	R_AUTHFWD, R_CACHE };
 static const char *const route_keys[] = { "host", "path", "backend",
-	"strip_prefix", "allow", "deny", "auth", "auth_forward", "cache", NULL };
+	"strip_prefix", "allow", "deny", "auth", "auth_forward", "cache",
+	NULL };
 
 enum { B_SERVER, B_HEALTH, B_INTERVAL, B_FAILTO, B_CA };
 static const char *const backend_keys[] = { "server", "health_check",

@@ -14,6 +14,7 @@
 #include <limits.h>
 #include <stdint.h>
 #include <string.h>
+#include <arpa/inet.h>
 
 #include "proxy.h"
 
@@ -167,15 +168,49 @@ is_token(struct slice s)
 	return 1;
 }
 
+/*
+ * RFC 9110 7.2 / RFC 3986 3.2.2: Host is uri-host [ ":" port ], the host
+ * a name (letters, digits, '.', '-', '_'), or an IP literal in brackets,
+ * the port digits. A proxy that routes on the host must not guess at
+ * anything else ("x:abc", "[admin.example]", ":80"): a backend that reads
+ * it differently could be reached by a route meant for another host.
+ * An empty value is the caller's affair (allowed for HTTP/1.0).
+ */
 static int
 is_host(struct slice s)
 {
-	uint32_t i;
+	uint32_t i = 0, end, digits;
+	struct in6_addr a6;
+	char lit[64];
 
-	for (i = 0; i < s.n; i++)
-		if (!is_hostchar(s.p[i]))
+	if (s.n == 0)
+		return 1;
+	if (s.p[0] == '[') {
+		for (end = 1; end < s.n && s.p[end] != ']'; end++)
+			;
+		if (end == s.n || end - 1 >= sizeof(lit))
 			return 0;
-	return 1;
+		memcpy(lit, s.p + 1, end - 1);
+		lit[end - 1] = '\0';
+		if (inet_pton(AF_INET6, lit, &a6) != 1)
+			return 0;
+		i = end + 1;
+	} else {
+		for (; i < s.n && s.p[i] != ':'; i++)
+			if (!is_hostchar(s.p[i]) || s.p[i] == '[' ||
+			    s.p[i] == ']')
+				return 0;
+		if (i == 0)
+			return 0;	/* ":80": a port without a host */
+	}
+	if (i == s.n)
+		return 1;
+	if (s.p[i] != ':')
+		return 0;
+	for (i++, digits = 0; i < s.n; i++, digits++)
+		if (s.p[i] < '0' || s.p[i] > '9' || digits == 5)
+			return 0;
+	return 1;	/* "host:" with an empty port is allowed (RFC 3986) */
 }
 
 /*
@@ -1018,6 +1053,8 @@ http_write_request(char *out, size_t cap, const struct http_msg *m,
 	if (!xfh && m->host.n > 0)
 		put_field(&w, mkslice("X-Forwarded-Host", 16), m->host);
 	put_via(&w, m->minor);
+	if (f->extra != NULL)
+		put_str(&w, f->extra);
 	if (m->flags & HF_UPGRADE)
 		put_str(&w, "Connection: upgrade\r\n");
 	else if (!minor)

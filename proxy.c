@@ -37,6 +37,8 @@
 #define IDLE_PER_SERVER	32	/* idle upstream connections kept per server */
 #define CONNECT_MS	5000	/* connect timeout, when backend_timeout is longer */
 #define MIN_BODY_RATE	256	/* bytes/s a request body must average */
+#define RECLAIM_MS	1000	/* stalled this long, a session may lose its
+				   buffers to a new request (pool_reclaim) */
 #define LOG_BUF		8192
 
 enum cstate {
@@ -57,6 +59,7 @@ enum ustate {
 	U_BODY,		/* relaying the response body */
 	U_DONE,		/* response read; rs still draining to the client */
 	U_TUNNEL,	/* after 101 */
+	U_CACHE,	/* no upstream: rs is filled from the cache */
 };
 
 /* Body framing of the message in flight on each side. */
@@ -92,6 +95,9 @@ enum {
 	F_UKICK = 1 << 25,	/* queued: the same from the upstream */
 	F_LOGREQ = 1 << 26,	/* a request to write to the access log */
 	F_NEEDPROXY = 1 << 27,	/* a PROXY protocol header must come first */
+	F_CACHED = 1 << 28,	/* on a cache route: GET/HEAD looked up */
+	F_STORING = 1 << 29,	/* the response is being stored (c->cw) */
+	F_REVAL = 1 << 30,	/* revalidating c->cref with the backend */
 };
 
 /* Bytes d[off..len) are unconsumed; d is NULL while the buffer is not lent. */
@@ -133,6 +139,9 @@ struct conn {
 	uint64_t sent;		/* response bytes sent (access log) */
 	uint32_t rhead;		/* of those, head bytes */
 	int16_t status;		/* final status sent, 0: none yet */
+	int32_t cw;		/* cache writer while F_STORING */
+	struct cache_ref cref;	/* the stored response served or revalidated */
+	int64_t twreq;		/* wall clock when the request went (Age) */
 	uint64_t qbytes;	/* body bytes read since (slow-body check) */
 	uint32_t host_hash;	/* of its Host (strip_prefix Location) */
 	int64_t tstart;		/* when the current state began (ms) */
@@ -184,6 +193,9 @@ static char *pathbuf;		/* normalised path */
 static struct http_msg msg;
 
 static int64_t now;
+static int64_t wall;		/* time(NULL), read once per turn */
+static int cache_on;		/* [cache] size > 0 */
+static char cache_cond[512];	/* conditional lines for a revalidation */
 
 /*
  * SIGHUP swaps in a new configuration without dropping a connection.
@@ -558,6 +570,62 @@ buf_wait(struct conn *c)
 	}
 }
 
+static void
+buf_unwait(struct conn *c)
+{
+	if (c->flags & F_WAITBUF) {
+		c->flags &= ~F_WAITBUF;
+		pool_waiters--;
+	}
+}
+
+static void conn_close(struct conn *c);
+
+/*
+ * The pool is out of buffers and a client has sent a request. Buffers
+ * held by sessions that stall are taken back, as the connection table
+ * does with its slots (DESIGN.md): the oldest head still being sent, or
+ * the session whose client stopped reading its response longest, once it
+ * has stalled RECLAIM_MS. A few slow clients must not lock out the rest.
+ * Returns 1 when c may now have a buffer.
+ */
+static int
+pool_reclaim(struct conn *self)
+{
+	struct conn *c, *old;
+	int64_t age, oldest;
+	long i;
+	int round;
+
+	for (round = 0; round < 4 && !buf_available(self, &self->rq);
+	    round++) {
+		old = NULL;
+		oldest = RECLAIM_MS - 1;
+		for (i = 0; i < cfg.max_connections; i++) {
+			c = &conns[i];
+			if (c == self)
+				continue;
+			if (c->cstate == C_HEAD && c->rq.d != NULL)
+				age = now - c->tstart;
+			else if ((c->cstate == C_SENT || c->cstate == C_BODY) &&
+			    (c->rfwd > 0 || c->litlen > 0))
+				age = now - c->tprog;
+			else
+				continue;
+			if (age > oldest) {
+				oldest = age;
+				old = c;
+			}
+		}
+		if (old == NULL)
+			return 0;
+		logmsg(LOG_INFO, "buffers exhausted: closing a connection "
+		    "stalled for %lld ms", (long long)oldest);
+		conn_close(old);
+	}
+	return buf_available(self, &self->rq);
+}
+
 /* Return c's buffer b to the pool. */
 static void
 buf_put(struct conn *c, struct buf *b)
@@ -787,6 +855,13 @@ static void redirect_request(struct conn *c);
 static void listeners_pause(int pause);
 static void tls_listeners(void);
 static void resp_absorb(struct conn *c);
+static int resp_claim(struct conn *c);
+static int cache_try(struct conn *c, const struct route *rt);
+static int cache_revalidated(struct conn *c, uint32_t pos);
+static void cache_store(struct conn *c, uint32_t pos);
+static void cache_fill(struct conn *c);
+static void cache_serve(struct conn *c, int status);
+static int is_idempotent(struct slice m);
 static void up_eof(struct conn *c);
 
 static void
@@ -848,6 +923,11 @@ cfg_release(struct conn *c)
 {
 	int i;
 
+	/* A response not read to its end is never kept (a cut copy). */
+	if (c->flags & F_STORING) {
+		cache_store_end(c->cw, 0);
+		c->flags &= ~F_STORING;
+	}
 	if (c->srv == NULL && c->rt == NULL)
 		return;
 	c->srv = NULL;
@@ -1202,6 +1282,10 @@ up_flush(struct conn *c)
 static void
 resp_done(struct conn *c)
 {
+	if (c->flags & F_STORING) {
+		cache_store_end(c->cw, 1);
+		c->flags &= ~F_STORING;
+	}
 	int reuse = (c->flags & F_UKEEP) && c->cstate == C_SENT &&
 	    c->qfwd == 0 && !draining;
 
@@ -1245,6 +1329,181 @@ resp_done(struct conn *c)
 	c->ustate = U_DONE;
 }
 
+/* Extra response header lines: HSTS on TLS, X-Cache on cache routes. */
+static const char *
+rsp_extra(const struct conn *c, const char *xcache)
+{
+	static char line[128];
+
+	snprintf(line, sizeof(line), "%s%s%s%s",
+	    c->ctls != NULL ? hsts_line : "",
+	    c->flags & F_CACHED ? "X-Cache: " : "",
+	    c->flags & F_CACHED ? xcache : "",
+	    c->flags & F_CACHED ? "\r\n" : "");
+	return line[0] != '\0' ? line : NULL;
+}
+
+/* ------------------------------------------------------------- cache */
+
+static const char *
+scheme(const struct conn *c)
+{
+	return c->ctls != NULL ? "https" : "http";
+}
+
+/*
+ * A GET or HEAD on a cache route (after the ACLs): serve it from the
+ * cache when it may be, or note what the backend exchange must do (store
+ * the answer, revalidate a stale copy). An unsafe method drops the
+ * target's entries (RFC 9111 4.4). Returns 1 when c was answered.
+ */
+static int
+cache_try(struct conn *c, const struct route *rt)
+{
+	int r, i;
+
+	if (!slice_eq(msg.method, "GET") && !slice_eq(msg.method, "HEAD")) {
+		if (!is_idempotent(msg.method) || slice_eq(msg.method, "PUT") ||
+		    slice_eq(msg.method, "DELETE"))
+			cache_invalidate(scheme(c), msg.host, msg.path);
+		return 0;
+	}
+	c->flags |= F_CACHED;
+	cache_cond[0] = '\0';
+	r = cache_lookup(&msg, scheme(c), wall, &c->cref, cache_cond,
+	    sizeof(cache_cond));
+	/* An HTTP/1.0 client cannot take a stored chunked body. */
+	if ((r == CACHE_HIT || r == CACHE_NOTMOD) && c->minor == 0 &&
+	    cache_chunked(&c->cref))
+		r = CACHE_MISS;
+	switch (r) {
+	case CACHE_HIT:
+	case CACHE_NOTMOD:
+		c->rt = rt;
+		c->cgen = cfg_gen;
+		cache_serve(c, r == CACHE_NOTMOD ? 304 : cache_status(&c->cref));
+		return 1;
+	case CACHE_GATEWAY_TIMEOUT:
+		send_error(c, 504);	/* only-if-cached, nothing fresh */
+		return 1;
+	case CACHE_STALE:
+		/* Revalidate with our validators, unless the client sent
+		 * its own: then its backend answer is its own. */
+		for (i = 0; i < msg.nh; i++)
+			if (slice_eq(msg.h[i].name, "If-None-Match") ||
+			    slice_eq(msg.h[i].name, "If-Modified-Since"))
+				return 0;
+		if (cache_cond[0] != '\0')
+			c->flags |= F_REVAL;
+		return 0;
+	default:
+		return 0;
+	}
+}
+
+/* Answer c from its cache_ref: rs is filled from the cache as the
+ * client drains it (cache_fill), like a response from a backend. */
+static void
+cache_serve(struct conn *c, int status)
+{
+	if (!buf_want(c, &c->rs)) {
+		send_error(c, 503);
+		return;
+	}
+	if ((msg.flags & (HF_CL | HF_CHUNKED)) && !((msg.flags & HF_CL) &&
+	    msg.clen == 0))
+		c->flags |= F_CLOSE;	/* a body we will not read */
+	if (!(c->flags & F_KEEP) || draining)
+		c->flags |= F_CLOSE;
+	c->rq.off += msg.head_len;
+	c->rs.off = c->rs.len = 0;
+	c->rfwd = 0;
+	stats.classes[status / 100 - 1]++;
+	c->status = (int16_t)status;
+	c->flags |= F_RSTARTED;
+	c->cstate = C_SENT;
+	c->ustate = U_CACHE;
+	cache_fill(c);
+	client_flush(c);
+}
+
+/* Refill the empty rs from the stored response; U_DONE at its end. */
+static void
+cache_fill(struct conn *c)
+{
+	struct http_rsp o;
+	long n;
+
+	if (c->rfwd > 0 || c->rs.d == NULL)
+		return;
+	memset(&o, 0, sizeof(o));
+	o.close = (c->flags & F_CLOSE) != 0;
+	o.client_minor = c->minor;
+	o.hide = cfg.hide_headers;
+	o.extra = c->ctls != NULL && hsts_line[0] != '\0' ? hsts_line : NULL;
+	n = cache_read(&c->cref, c->rs.d, bufsz, &o,
+	    (c->flags & F_HEADREQ) != 0, wall);
+	if (n < 0) {
+		/* Evicted while we sent it: the client must not get a
+		 * copy that changes in the middle. */
+		conn_close(c);
+		return;
+	}
+	if (n == 0) {
+		c->ustate = U_DONE;
+		return;
+	}
+	c->rs.off = 0;
+	c->rs.len = (uint32_t)n;
+	c->rfwd = (uint32_t)n;
+}
+
+/*
+ * The backend answered our revalidation. A 304 refreshes the stored copy
+ * and the client gets that, X-Cache: REVALIDATED; the upstream goes back
+ * to the pool. Returns 1 when so.
+ */
+static int
+cache_revalidated(struct conn *c, uint32_t pos)
+{
+	c->flags &= ~F_REVAL;
+	if (msg.status != 304 ||
+	    cache_refresh(&c->cref, &msg, c->twreq, wall) == -1)
+		return 0;
+	hold_release(c);
+	c->rs.len = c->rs.off + pos;	/* the 304 head is ours, not theirs */
+	c->rmode = M_NONE;
+	if (msg.minor == 1 ? !(msg.flags & HF_CLOSE) :
+	    (msg.flags & HF_KEEPALIVE) != 0)
+		c->flags |= F_UKEEP;
+	if (!(c->flags & F_KEEP) || draining)
+		c->flags |= F_CLOSE;
+	resp_done(c);
+	stats.classes[cache_status(&c->cref) / 100 - 1]++;
+	c->status = (int16_t)cache_status(&c->cref);
+	c->flags |= F_RSTARTED;
+	c->ustate = U_CACHE;
+	cache_fill(c);
+	return 1;
+}
+
+/* A response head on a cache route: begin storing it if it may be. The
+ * request head as sent is still held at rq.off (up_read kept it). */
+static void
+cache_store(struct conn *c, uint32_t pos)
+{
+	int w;
+
+	if ((c->flags & F_HEADREQ) || !(c->flags & F_HOLD))
+		return;
+	w = cache_store_begin(c->rq.d + c->rq.off, c->qfwd, scheme(c), &msg,
+	    c->rs.d + c->rs.off + pos, c->twreq, wall);
+	if (w < 0)
+		return;
+	c->cw = w;
+	c->flags |= F_STORING;
+}
+
 /* Rewrite the response head at rs[pos..] in place; returns its new
  * length or -1 when it does not fit. */
 static int
@@ -1260,8 +1519,7 @@ resp_rewrite(struct conn *c, uint32_t pos, int close)
 	o.close = close;
 	o.client_minor = c->minor;
 	o.hide = cfg.hide_headers;
-	if (c->ctls != NULL && hsts_line[0] != '\0')
-		o.extra = hsts_line;
+	o.extra = rsp_extra(c, "MISS");
 	if (rt->strip_prefix && rt->path != NULL) {
 		o.prefix = rt->path;
 		o.host_hash = c->host_hash;
@@ -1315,6 +1573,7 @@ resp_head(struct conn *c)
 				send_error(c, 502);
 				return;
 			}
+			hold_release(c);
 			stats.classes[0]++;
 			c->status = 101;
 			c->rhead += (uint32_t)n;
@@ -1348,6 +1607,11 @@ resp_head(struct conn *c)
 		}
 		break;
 	}
+	if ((c->flags & F_REVAL) && cache_revalidated(c, pos))
+		return;
+	if (c->flags & F_CACHED)
+		cache_store(c, pos);
+	hold_release(c);	/* kept for the cache until now (up_read) */
 	if (msg.flags & HF_NOBODY)
 		c->rmode = M_NONE;
 	else if (msg.flags & HF_CHUNKED) {
@@ -1391,9 +1655,27 @@ resp_head(struct conn *c)
 	resp_absorb(c);
 }
 
-/* Claim response body bytes that arrived after rfwd for the client. */
 static void
 resp_absorb(struct conn *c)
+{
+	uint32_t before = c->rfwd;
+	int r;
+
+	r = resp_claim(c);
+	/* What became the client's is stored too, as it passes. */
+	if ((c->flags & F_STORING) && c->rfwd > before &&
+	    cache_store_append(c->cw, c->rs.d + c->rs.off + before,
+	    c->rfwd - before) == -1)
+		c->flags &= ~F_STORING;
+	if (r == 1)
+		resp_done(c);
+}
+
+/* Claim response body bytes that arrived after rfwd for the client:
+ * 1 when the body is complete, 0 when more is to come, -1 when the
+ * backend broke its framing (the client gets a cut response). */
+static int
+resp_claim(struct conn *c)
 {
 	struct buf *b = &c->rs;
 	uint32_t avail = b->len - b->off - c->rfwd;
@@ -1402,16 +1684,13 @@ resp_absorb(struct conn *c)
 
 	switch (c->rmode) {
 	case M_NONE:
-		resp_done(c);
-		return;
+		return 1;
 	case M_LEN:
 		if (avail > c->rleft)
 			avail = (uint32_t)c->rleft;
 		c->rfwd += avail;
 		c->rleft -= avail;
-		if (c->rleft == 0)
-			resp_done(c);
-		return;
+		return c->rleft == 0;
 	case M_CHUNK:
 		n = http_chunk_scan(&c->rch, b->d + b->off + c->rfwd, avail,
 		    &done);
@@ -1423,15 +1702,13 @@ resp_absorb(struct conn *c)
 			up_close(c);
 			c->flags |= F_CLOSE;
 			c->ustate = U_DONE;
-			return;
+			return -1;
 		}
 		c->rfwd += (uint32_t)n;
-		if (done)
-			resp_done(c);
-		return;
-	case M_EOF:
-		c->rfwd += avail;
-		return;
+		return done;
+	default:
+		c->rfwd += avail;	/* M_EOF: ends when the backend closes */
+		return 0;
 	}
 }
 
@@ -1488,7 +1765,12 @@ client_flush(struct conn *c)
 		c->rhead += (uint32_t)n;
 		c->tprog = now;
 	}
-	if (c->rfwd > 0) {
+	if (c->rfwd == 0 && c->ustate == U_CACHE) {
+		cache_fill(c);
+		if (c->cstate == C_FREE)
+			return;
+	}
+	while (c->rfwd > 0) {
 		n = c_send(c, c->rs.d + c->rs.off, c->rfwd);
 		if (n < 0) {
 			if (errno == EAGAIN || errno == EWOULDBLOCK)
@@ -1505,6 +1787,12 @@ client_flush(struct conn *c)
 			c->rs.off = c->rs.len = 0;
 		if (c->rfwd > 0)
 			return;
+		/* Served from the cache: the next piece, until its end. */
+		if (c->ustate == U_CACHE) {
+			cache_fill(c);
+			if (c->cstate == C_FREE)
+				return;
+		}
 	}
 	/* Records the TLS engine still holds must leave before the state
 	 * moves on (a close would lose them). */
@@ -1722,6 +2010,8 @@ req_start(struct conn *c)
 		send_error(c, 413);
 		return;
 	}
+	if (cache_on && cfg.routes[r].cache && cache_try(c, &cfg.routes[r]))
+		return;		/* answered from the cache */
 	c->srv = bal_pick(&cfg.backends[cfg.routes[r].backend], now);
 	c->cgen = cfg_gen;
 	if (c->srv == NULL) {
@@ -1741,6 +2031,8 @@ req_start(struct conn *c)
 	fwd.trusted = (c->flags & F_TRUSTED) != 0;
 	fwd.minor = msg.minor;
 	fwd.drop_auth = c->rt->auth != NULL && !c->rt->auth_forward;
+	fwd.extra = (c->flags & F_REVAL) ? cache_cond : NULL;
+	c->twreq = wall;
 	n = http_write_request(scratch, bufsz, &msg, &fwd);
 	tail = b->len - msg.head_len;
 	if (n < 0 || n + tail > bufsz) {
@@ -1847,9 +2139,27 @@ status_body(struct out *o, int json)
 		out_add(o, json ? ",\"%s\":%llu" : " %s %llu", cls[k],
 		    (unsigned long long)stats.classes[k]);
 	out_add(o, json ? "},\"reserved\":{\"connections\":%zu,\"buffers\":%zu,"
-	    "\"other\":%zu},\"backends\":[" : "\nreserved bytes connections %zu "
+	    "\"other\":%zu}," : "\nreserved bytes connections %zu "
 	    "buffers %zu other %zu\n",
 	    mem.conns, mem.buffers, mem.other);
+	if (cache_on) {
+		struct cache_stats cs;
+
+		cache_get_stats(&cs);
+		out_add(o, json ? "\"cache\":{\"hits\":%llu,\"misses\":%llu,"
+		    "\"revalidated\":%llu,\"evictions\":%llu,\"stores\":%llu,"
+		    "\"bytes_used\":%llu,\"bytes_total\":%llu,\"objects\":%u},"
+		    : "cache hits %llu misses %llu revalidated %llu evictions "
+		    "%llu stores %llu bytes_used %llu of %llu objects %u\n",
+		    (unsigned long long)cs.hits, (unsigned long long)cs.misses,
+		    (unsigned long long)cs.revalidated,
+		    (unsigned long long)cs.evictions,
+		    (unsigned long long)cs.stores,
+		    (unsigned long long)cs.bytes_used,
+		    (unsigned long long)cs.bytes_total, cs.objects);
+	}
+	if (json)
+		out_add(o, "\"backends\":[");
 	for (i = 0; i < cfg.nbackends; i++) {
 		struct backend *b = &cfg.backends[i];
 
@@ -2085,8 +2395,13 @@ client_read(struct conn *c)
 			conn_close(c);
 		return;
 	}
-	if (!buf_want(c, b))
-		return;
+	if (!buf_want(c, b)) {
+		if (c->cstate != C_IDLE || !pool_reclaim(c))
+			return;
+		buf_unwait(c);
+		if (!buf_want(c, b))
+			return;
+	}
 	if (b->len == bufsz)
 		buf_compact(b);
 	room = bufsz - b->len;
@@ -2192,7 +2507,12 @@ up_read(struct conn *c)
 		up_eof(c);
 		return;
 	}
-	hold_release(c);
+	/* The cache reads the request head when the response head comes:
+	 * keep it held until then (resp_head releases it). */
+	if ((c->flags & F_CACHED) && c->ustate == U_HEAD)
+		c->flags |= F_GOTRESP;
+	else
+		hold_release(c);
 	b->len += n;
 	c->tprog = now;
 	if (c->ustate == U_HEAD)
@@ -2261,6 +2581,10 @@ can_read(struct conn *c, struct buf *b, int head)
 	if (b->d != NULL)
 		return b->len < limit || b->off > 0;
 	if (buf_available(c, b))
+		return 1;
+	/* An idle client is still watched: when it sends a request, a
+	 * buffer is taken back from a session that stalls (pool_reclaim). */
+	if (b == &c->rq && c->cstate == C_IDLE && !(c->flags & F_WAITBUF))
 		return 1;
 	buf_wait(c);
 	return 0;
@@ -2935,6 +3259,7 @@ loop(void)
 
 	for (;;) {
 		now = mono_ms();
+		wall = time(NULL);
 		if (sig_term && !draining)
 			drain_start();
 		if (sig_usr1) {
@@ -2971,6 +3296,7 @@ loop(void)
 			continue;
 		}
 		now = mono_ms();
+		wall = time(NULL);
 		/* Collect first: handlers add and remove slots. */
 		nready = 0;
 		for (i = 0; i < npfd && nready < n; i++) {
@@ -3173,13 +3499,18 @@ reserve(void)
 	 * for recent ones that the rate limit must remember. */
 	if (acl_init(2 * nconn) == -1)
 		return -1;
+	if (cfg.cache_size > 0) {
+		if (cache_init(cfg.cache_size, cfg.cache_max_object) == -1)
+			return -1;
+		cache_on = 1;
+	}
 	mem.conns = (size_t)nconn * (sizeof(*conns) + sizeof(*free_conns));
 	mem.buffers = (size_t)cfg.buffers * (bufsz + sizeof(*pool));
 	mem.other = (size_t)nidles * sizeof(*idles) + (size_t)nslots *
 	    (sizeof(*pfd) + sizeof(*owner) + sizeof(*ready)) + 2 * bufsz +
 	    (size_t)nsrv * sizeof(*servers) + acl_table_size() +
 	    (size_t)(tls_servers_needed() + tls_clients_needed()) *
-	    tls_engine_size();
+	    tls_engine_size() + cfg.cache_size;
 	logmsg(LOG_INFO, "reserved %zu KB: %ld connections of %zu B, "
 	    "%ld buffers of %u B, %d idle upstream slots, %ld poll slots",
 	    (mem.conns + mem.buffers + mem.other) / 1024, nconn,

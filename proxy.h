@@ -105,6 +105,7 @@ struct http_fwd {
 	int trusted;		/* client may set X-Forwarded-* itself */
 	int minor;		/* HTTP version to speak upstream */
 	int drop_auth;		/* leave out Authorization (route auth) */
+	const char *extra;	/* header lines to add ("Name: v\r\n"), NULL */
 };
 
 /*

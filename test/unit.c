@@ -38,6 +38,7 @@ main(void)
 	unit_http();
 	unit_conf();
 	unit_acl();
+	unit_cache();
 	printf("unit: %d passed, %d failed\n", unit_pass, unit_fail);
 	return unit_fail != 0;
 }

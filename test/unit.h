@@ -18,4 +18,5 @@ extern int unit_pass, unit_fail;
 void unit_http(void);
 void unit_conf(void);
 void unit_acl(void);
+void unit_cache(void);
 #endif

@@ -1006,7 +1006,7 @@ static int
 again_req(size_t cap)
 {
 	struct http_fwd f = { "192.0.2.1", "http", cur_req->trusted,
-	    cur_req->minor, 0 };
+	    cur_req->minor, 0, NULL };
 
 	return http_write_request(out, cap, &msg, &f);
 }
@@ -1314,9 +1314,37 @@ test_location(void)
 	    NULL, "extra header added");
 }
 
+/* Host values (RFC 9110 7.2): name or IP literal, then digits. */
+static void
+test_hosts(void)
+{
+	static const struct {
+		const char *host;
+		int ok;
+	} t[] = {
+		{ "example.org", 1 }, { "example.org:8080", 1 },
+		{ "example.org:", 1 }, { "10.0.0.1:80", 1 }, { "[::1]", 1 },
+		{ "[2001:db8::1]:443", 1 }, { "under_score.local", 1 },
+		{ "x:abc", 0 }, { "[admin.example]", 0 }, { ":80", 0 },
+		{ "a:1:2", 0 }, { "[::1", 0 }, { "[::1]x", 0 }, { "a]b", 0 },
+		{ "x:123456", 0 }, { "a b", 0 }, { "a@b", 0 },
+	};
+	char head[256];
+	size_t i;
+	int n, r;
+
+	for (i = 0; i < sizeof(t) / sizeof(t[0]); i++) {
+		n = snprintf(head, sizeof(head), "GET / HTTP/1.1\r\nHost: %s"
+		    "\r\n\r\n", t[i].host);
+		r = http_parse_request(head, (size_t)n, &msg);
+		CHECK(t[i].ok ? r == n : r == -400, t[i].host);
+	}
+}
+
 void
 unit_http(void)
 {
+	test_hosts();
 	test_location();
 	test_requests();
 	test_responses();
