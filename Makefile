@@ -19,7 +19,9 @@ WARN = -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wshadow -Wstrict-prototypes \
 	-Wmissing-prototypes -Wno-unused-parameter -Werror
 # BearSSL and inih come from Debian's -dev packages and are linked
 # statically so a device needs neither library.
-LIBS = -Wl,-Bstatic -lbearssl -linih -lcrypt -Wl,-Bdynamic
+# libcrypt (Basic auth) stays shared: it is part of every Debian system
+# and of musl's libc on devices; linked statically it would add 190 KB.
+LIBS = -Wl,-Bstatic -lbearssl -linih -Wl,-Bdynamic -lcrypt
 
 SRC = proxy.c http.c conf.c balance.c tls.c acl.c cache.c
 OBJ = $(SRC:.c=.o)
@@ -149,8 +151,15 @@ install: all
 	  *) echo "INIT=$(INIT): use sysv or procd"; exit 1 ;; esac
 	install -d $(DESTDIR)$(PREFIX)/sbin $(DESTDIR)/etc/init.d $(MAN8) $(MAN5)
 	install -m 755 $(INSTALL_STRIP) proxy $(DESTDIR)$(PREFIX)/sbin/proxy
+	# The example config as a system one: a pidfile for the init
+	# scripts, and TLS left off until a certificate is configured.
 	[ -f $(DESTDIR)/etc/proxy.ini ] || \
-	    install -m 644 proxy.ini $(DESTDIR)/etc/proxy.ini
+	    sed -e 's|^#pidfile = .*|pidfile = /var/run/proxy.pid|' \
+	    -e '/^\[tls\]/,/^\[/s|^listen = |#listen = |' \
+	    -e 's|^cert = test/demo-tls/cert.pem|cert = /etc/proxy/site.pem|' \
+	    -e 's|^key = test/demo-tls/key.pem|key = /etc/proxy/site.key|' \
+	    proxy.ini > $(DESTDIR)/etc/proxy.ini && \
+	    chmod 644 $(DESTDIR)/etc/proxy.ini
 	install -m 644 proxy.8 $(MAN8)/proxy.8
 	install -m 644 proxy.ini.5 $(MAN5)/proxy.ini.5
 	if [ "$(INIT)" = procd ]; then \

@@ -95,6 +95,7 @@ struct chain {
 
 /* An object slot. A free slot is linked through next. */
 struct obj {
+	int64_t resp_time;	/* response_time (4.2.3) */
 	uint32_t gen;		/* incarnation << 8 | head rewrites */
 	uint32_t hash;		/* of the key */
 	uint32_t hnext;		/* next in its bucket */
@@ -104,7 +105,6 @@ struct obj {
 	uint32_t body_len;
 	uint32_t lifetime;	/* freshness_lifetime (4.2.1), seconds */
 	uint32_t init_age;	/* corrected_initial_age (4.2.3) */
-	int64_t resp_time;	/* response_time (4.2.3) */
 	uint16_t keylen, varylen, headlen, status;
 	uint16_t flags;		/* O_* */
 };

@@ -1014,9 +1014,26 @@ send_error(struct conn *c, int code)
 	c->rfwd = 0;
 	{
 		size_t len;
+		const char *p = http_error_page(code, &len), *eol;
 
-		c->lit = http_error_page(code, &len);
+		c->lit = p;
 		c->litlen = (uint32_t)len;
+		/* Over TLS with hsts, our own answers carry it too: the page
+		 * is copied into rs with the header after its status line. */
+		eol = memchr(p, '\n', len);
+		if (c->ctls != NULL && hsts_line[0] != '\0' && eol != NULL &&
+		    buf_want(c, &c->rs)) {
+			size_t st = (size_t)(eol + 1 - p), hl = strlen(hsts_line);
+
+			memcpy(c->rs.d, p, st);
+			memcpy(c->rs.d + st, hsts_line, hl);
+			memcpy(c->rs.d + st + hl, eol + 1, len - st);
+			c->rs.off = 0;
+			c->rs.len = (uint32_t)(len + hl);
+			c->rfwd = c->rs.len;
+			c->lit = NULL;
+			c->litlen = 0;
+		}
 	}
 	c->flags |= F_CLOSE | F_RSTARTED;
 	c->cstate = C_CLOSING;
@@ -1271,9 +1288,16 @@ up_flush(struct conn *c)
 	    !(c->flags & F_USHUT)) {
 		shutdown(c->ufd, SHUT_WR);
 		c->flags |= F_USHUT;
-		if (c->flags & F_UEOF)
+		if (c->flags & F_UEOF) {
 			up_close(c);	/* both ways done */
+			c->flags |= F_UEOF;	/* up_close cleared it */
+		}
 	}
+	/* An idle tunnel gives its request buffer back (websockets may idle
+	 * for hours); it is lent again when the client sends. */
+	if (pend == 0 && c->cstate == C_TUNNEL && c->rq.d != NULL &&
+	    c->rq.off == c->rq.len)
+		buf_put(c, &c->rq);
 }
 
 /* --------------------------------------------------------- responses */
@@ -1467,9 +1491,15 @@ static int
 cache_revalidated(struct conn *c, uint32_t pos)
 {
 	c->flags &= ~F_REVAL;
-	if (msg.status != 304 ||
-	    cache_refresh(&c->cref, &msg, c->twreq, wall) == -1)
+	if (msg.status != 304)
 		return 0;
+	if (cache_refresh(&c->cref, &msg, c->twreq, wall) == -1) {
+		/* The copy went meanwhile (or the ETag is not ours): this 304
+		 * answers a question the client never asked. */
+		logmsg(LOG_WARNING, "%s: revalidated copy gone", c->srv->name);
+		send_error(c, 502);
+		return 1;
+	}
 	hold_release(c);
 	c->rs.len = c->rs.off + pos;	/* the 304 head is ours, not theirs */
 	c->rmode = M_NONE;
@@ -1812,6 +1842,9 @@ client_flush(struct conn *c)
 			shutdown(c->cfd, SHUT_WR);
 			c->flags |= F_CSHUT;
 		}
+		/* Drained: the response buffer goes back while it idles. */
+		if (c->rs.d != NULL && c->rs.off == c->rs.len)
+			buf_put(c, &c->rs);
 		return;
 	default:
 		break;
@@ -2010,7 +2043,10 @@ req_start(struct conn *c)
 		send_error(c, 413);
 		return;
 	}
-	if (cache_on && cfg.routes[r].cache && cache_try(c, &cfg.routes[r]))
+	/* Not with strip_prefix: two such routes on one host would share
+	 * keys for different backends. */
+	if (cache_on && cfg.routes[r].cache && !cfg.routes[r].strip_prefix &&
+	    cache_try(c, &cfg.routes[r]))
 		return;		/* answered from the cache */
 	c->srv = bal_pick(&cfg.backends[cfg.routes[r].backend], now);
 	c->cgen = cfg_gen;
@@ -2242,8 +2278,9 @@ status_request(struct conn *c)
 	if (!(c->flags & F_KEEP) || draining)
 		c->flags |= F_CLOSE;
 	out_add(&head, "HTTP/1.1 200 OK\r\nContent-Type: %s\r\n"
-	    "Content-Length: %zu\r\nCache-Control: no-store\r\n%s\r\n",
+	    "Content-Length: %zu\r\nCache-Control: no-store\r\n%s%s\r\n",
 	    json ? "application/json" : "text/plain", body.n,
+	    c->ctls != NULL ? hsts_line : "",
 	    c->flags & F_CLOSE ? "Connection: close\r\n" :
 	    c->minor == 0 ? "Connection: keep-alive\r\n" : "");
 	if (!(c->flags & F_HEADREQ))
@@ -2500,7 +2537,9 @@ up_read(struct conn *c)
 	if (n < 0) {
 		if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
 			return;
-		logmsg(LOG_WARNING, "%s: %s", c->srv->name, strerror(errno));
+		logmsg(LOG_WARNING, "%s: %s", c->srv->name,
+		    c->utls != NULL && errno == EPROTO ? tls_error(c->utls) :
+		    strerror(errno));
 		n = 0;		/* a reset is handled as an early close */
 	}
 	if (n == 0) {
@@ -3563,8 +3602,8 @@ daemonize(void)
 	}
 	close(p[0]);
 	setsid();
-	if (chdir("/") == -1)
-		return -1;
+	/* The working directory stays the config's (conf_home): a reload
+	 * resolves its relative paths the same way. */
 	fd = open("/dev/null", O_RDWR);
 	if (fd != -1) {
 		dup2(fd, 0);
@@ -3632,6 +3671,32 @@ drop_privileges(void)
 	return 0;
 }
 
+/*
+ * Relative paths in the config (certificates, logs, htpasswd) mean
+ * relative to the config file, at start and at every reload: work from
+ * its directory, and keep its absolute path.
+ */
+static int
+conf_home(void)
+{
+	static char abs[4096];
+	char *slash;
+
+	if (realpath(conf_path, abs) == NULL) {
+		fprintf(stderr, "%s: %s\n", conf_path, strerror(errno));
+		return -1;
+	}
+	conf_path = abs;
+	slash = strrchr(abs, '/');
+	*slash = '\0';
+	if (chdir(abs[0] != '\0' ? abs : "/") == -1) {
+		fprintf(stderr, "%s: %s\n", abs, strerror(errno));
+		return -1;
+	}
+	*slash = '/';
+	return 0;
+}
+
 static void
 usage(void)
 {
@@ -3666,6 +3731,8 @@ main(int argc, char **argv)
 	}
 	if (optind != argc)
 		usage();
+	if (conf_home() == -1)
+		return 1;
 	if (conf_load(conf_path, &cfg, err, sizeof(err)) == -1) {
 		fprintf(stderr, "%s\n", err);
 		conf_free(&cfg);
