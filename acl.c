@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 #include <arpa/inet.h>
 #include <sys/random.h>
 
@@ -380,6 +381,9 @@ ct_equal(const char *a, const char *b)
 	return d == 0;
 }
 
+#define AUTH_BUDGET_MS	200
+static int64_t auth_window, auth_spent;	/* ms; µs spent hashing */
+
 /* Credentials verified lately, by SHA-256 of (db, header value). */
 #define AUTH_CACHE	64
 #define AUTH_TTL_MS	60000
@@ -404,6 +408,7 @@ acl_auth_check(struct authdb *db, struct slice v, int64_t now)
 {
 	char cred[384], *colon;
 	const char *hash, *r;
+	struct timespec t0, t1;
 	uint8_t id[32];
 	int i, ok, known, slot = 0;
 
@@ -427,6 +432,19 @@ acl_auth_check(struct authdb *db, struct slice v, int64_t now)
 	    (colon = strchr(cred, ':')) == NULL)
 		return 0;
 	*colon = '\0';
+	/*
+	 * crypt() blocks the loop, and bcrypt is slow on purpose: wrong
+	 * passwords (never remembered) could stall every client. At most
+	 * AUTH_BUDGET_MS of hashing per second; past it the caller answers
+	 * 503 until the next second.
+	 */
+	if (now - auth_window >= 1000) {
+		auth_window = now;
+		auth_spent = 0;
+	}
+	if (auth_spent >= AUTH_BUDGET_MS * 1000)
+		return -1;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
 	hash = db->dummy;	/* unknown users cost the same time */
 	known = 0;
 	for (i = 0; i < db->n; i++)
@@ -436,6 +454,9 @@ acl_auth_check(struct authdb *db, struct slice v, int64_t now)
 		}
 	r = crypt(colon + 1, hash);
 	ok = r != NULL && ct_equal(r, hash) && known;
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	auth_spent += (t1.tv_sec - t0.tv_sec) * 1000000 +
+	    (t1.tv_nsec - t0.tv_nsec) / 1000;
 	if (ok) {
 		memcpy(seen[slot].id, id, 32);
 		seen[slot].until = now + AUTH_TTL_MS;

@@ -203,14 +203,13 @@ static char cache_cond[512];	/* conditional lines for a revalidation */
  * (route, servers), so a replaced configuration is kept, counted, until
  * the last of them ends.
  */
-#define RETIRED	4
+#define RETIRED	16
 static uint32_t cfg_gen;
 static struct {
 	struct config c;
 	uint32_t gen;
-	int refs;		/* sessions still using it; -1: slot free */
-} retired[RETIRED] = { { .refs = -1 }, { .refs = -1 }, { .refs = -1 },
-	{ .refs = -1 } };
+	int refs;		/* sessions still using it; 0: slot free */
+} retired[RETIRED];
 
 /* Counters for the status page. */
 static struct {
@@ -278,17 +277,51 @@ log_flush(void)
 #define LOG_BURST	10
 #define LOG_KINDS	16
 
+static struct {
+	const char *fmt;
+	time_t sec;
+	uint32_t n, dropped;
+} kinds[LOG_KINDS];
+
+static void logline(int prio, const char *line, int n, time_t sec);
+
+/* Write the counts of messages dropped in seconds now past (called once
+ * a turn, and before a slot changes hands). */
+/* Are counts waiting to be written (the loop then wakes each second)? */
 static int
-log_allowed(const char *fmt, time_t sec, uint32_t *dropped)
+log_pending(void)
 {
-	static struct {
-		const char *fmt;
-		time_t sec;
-		uint32_t n, dropped;
-	} kinds[LOG_KINDS];
+	int k;
+
+	for (k = 0; k < LOG_KINDS; k++)
+		if (kinds[k].dropped > 0)
+			return 1;
+	return 0;
+}
+
+static void
+log_dropped(time_t sec)
+{
+	char line[112];
+	int k, n;
+
+	for (k = 0; k < LOG_KINDS; k++) {
+		if (kinds[k].dropped == 0 || kinds[k].sec == sec)
+			continue;
+		n = snprintf(line, sizeof(line), "(%u similar messages dropped: "
+		    "\"%.40s\")", kinds[k].dropped, kinds[k].fmt);
+		kinds[k].dropped = 0;
+		logline(LOG_NOTICE, line, n < (int)sizeof(line) ? n :
+		    (int)sizeof(line) - 1, sec);
+	}
+}
+
+static int
+log_allowed(const char *fmt, time_t sec)
+{
 	unsigned i, h = (unsigned)((uintptr_t)fmt >> 3) % LOG_KINDS;
 
-	*dropped = 0;
+	log_dropped(sec);
 	for (i = 0; i < LOG_KINDS; i++) {
 		unsigned k = (h + i) % LOG_KINDS;
 
@@ -296,12 +329,9 @@ log_allowed(const char *fmt, time_t sec, uint32_t *dropped)
 		    kinds[k].sec == sec)
 			continue;	/* busy with another format */
 		if (kinds[k].fmt != fmt || kinds[k].sec != sec) {
-			if (kinds[k].fmt == fmt)
-				*dropped = kinds[k].dropped;
 			kinds[k].fmt = fmt;
 			kinds[k].sec = sec;
 			kinds[k].n = 0;
-			kinds[k].dropped = 0;
 		}
 		if (++kinds[k].n <= LOG_BURST)
 			return 1;
@@ -314,19 +344,14 @@ log_allowed(const char *fmt, time_t sec, uint32_t *dropped)
 void
 logmsg(int prio, const char *fmt, ...)
 {
-	static const char *names[] = { "emerg", "alert", "crit", "error",
-	    "warn", "notice", "info", "debug" };
 	char line[512];
 	struct timespec ts;
-	uint32_t dropped;
 	va_list ap;
 	int n;
 
 	clock_gettime(CLOCK_REALTIME, &ts);
-	if (!log_allowed(fmt, ts.tv_sec, &dropped))
+	if (!log_allowed(fmt, ts.tv_sec))
 		return;
-	if (dropped > 0)
-		logmsg(LOG_NOTICE, "(%u similar messages dropped)", dropped);
 	va_start(ap, fmt);
 	n = vsnprintf(line, sizeof(line), fmt, ap);
 	va_end(ap);
@@ -334,19 +359,24 @@ logmsg(int prio, const char *fmt, ...)
 		return;
 	if (n >= (int)sizeof(line))
 		n = sizeof(line) - 1;
+	logline(prio, line, n, ts.tv_sec);
+}
+
+static void
+logline(int prio, const char *line, int n, time_t sec)
+{
+	static const char *names[] = { "emerg", "alert", "crit", "error",
+	    "warn", "notice", "info", "debug" };
+	struct tm tm;
+
 	if (log_syslog) {
-		syslog(prio, "%s", line);
+		syslog(prio, "%.*s", n, line);
 		return;
 	}
 	if (loglen + n + 64 > sizeof(logbuf))
 		log_flush();
-	{
-		struct tm tm;
-
-		gmtime_r(&ts.tv_sec, &tm);
-		loglen += strftime(logbuf + loglen, 32, "%Y-%m-%dT%H:%M:%SZ ",
-		    &tm);
-	}
+	gmtime_r(&sec, &tm);
+	loglen += strftime(logbuf + loglen, 32, "%Y-%m-%dT%H:%M:%SZ ", &tm);
 	loglen += snprintf(logbuf + loglen, sizeof(logbuf) - loglen,
 	    "%s: %.*s\n", names[prio & 7], n, line);
 }
@@ -845,6 +875,8 @@ static void conn_update(struct conn *c);
 static void client_flush(struct conn *c);
 static void up_flush(struct conn *c);
 static void head_step(struct conn *c);
+static void proxy_apply(struct conn *c, const struct sockaddr_storage *ss);
+static int proxy_peek(struct conn *c);
 static struct slice header_value(const struct http_msg *m, const char *name);
 static void status_request(struct conn *c);
 static void cfg_release(struct conn *c);
@@ -936,10 +968,8 @@ cfg_release(struct conn *c)
 		return;
 	for (i = 0; i < RETIRED; i++)
 		if (retired[i].refs > 0 && retired[i].gen == c->cgen) {
-			if (--retired[i].refs == 0) {
+			if (--retired[i].refs == 0)
 				conf_free(&retired[i].c);
-				retired[i].refs = -1;
-			}
 			return;
 		}
 }
@@ -1018,6 +1048,13 @@ send_error(struct conn *c, int code)
 
 		c->lit = p;
 		c->litlen = (uint32_t)len;
+		/* The access log counts the page's body, not its head. */
+		{
+			const char *end = memmem(p, len, "\r\n\r\n", 4);
+
+			c->rhead += end != NULL ? (uint32_t)(end + 4 - p) :
+			    (uint32_t)len;
+		}
 		/* Over TLS with hsts, our own answers carry it too: the page
 		 * is copied into rs with the header after its status line. */
 		eol = memchr(p, '\n', len);
@@ -1028,6 +1065,7 @@ send_error(struct conn *c, int code)
 			memcpy(c->rs.d, p, st);
 			memcpy(c->rs.d + st, hsts_line, hl);
 			memcpy(c->rs.d + st + hl, eol + 1, len - st);
+			c->rhead += (uint32_t)hl;
 			c->rs.off = 0;
 			c->rs.len = (uint32_t)(len + hl);
 			c->rfwd = c->rs.len;
@@ -1792,7 +1830,6 @@ client_flush(struct conn *c)
 		c->lit += n;
 		c->litlen -= n;
 		c->sent += (uint64_t)n;
-		c->rhead += (uint32_t)n;
 		c->tprog = now;
 	}
 	if (c->rfwd == 0 && c->ustate == U_CACHE) {
@@ -2024,10 +2061,14 @@ req_start(struct conn *c)
 		send_error(c, 403);
 		return;
 	}
-	if (cfg.routes[r].auth != NULL && !acl_auth_check(cfg.routes[r].auth,
-	    header_value(&msg, "Authorization"), now)) {
-		send_error(c, 401);
-		return;
+	if (cfg.routes[r].auth != NULL) {
+		int ok = acl_auth_check(cfg.routes[r].auth,
+		    header_value(&msg, "Authorization"), now);
+
+		if (ok <= 0) {
+			send_error(c, ok < 0 ? 503 : 401);
+			return;
+		}
 	}
 	{
 		int retry;
@@ -2100,6 +2141,7 @@ req_start(struct conn *c)
 	    c->cstate == C_BODY && b->len == (uint32_t)n) {
 		c->lit = cont;
 		c->litlen = sizeof(cont) - 1;
+		c->rhead += c->litlen;	/* an interim head, no body */
 	}
 	req_absorb(c);
 	if (!in_exchange(c))
@@ -2368,6 +2410,7 @@ proxy_step(struct conn *c)
 	struct sockaddr_storage ss;
 	int r;
 
+	ss.ss_family = AF_UNSPEC;	/* LOCAL/UNKNOWN leave it so */
 	r = acl_proxy_header(b->d + b->off, b->len - b->off, &ss);
 	if (r == 0) {
 		if (b->len >= bufsz - HEAD_SLACK)
@@ -2379,18 +2422,54 @@ proxy_step(struct conn *c)
 		return -1;
 	}
 	b->off += (uint32_t)r;
-	c->flags &= ~F_NEEDPROXY;
-	if (ss.ss_family == AF_INET || ss.ss_family == AF_INET6) {
-		/* Connection caps counted the balancer, not the client. */
-		if (c->flags & F_COUNTED)
-			acl_conn_close(&c->peer.sa, cfg.max_conns_per_ip);
-		c->flags &= ~(F_COUNTED | F_TRUSTED);
-		memcpy(&c->peer, &ss, ss.ss_family == AF_INET ?
-		    sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6));
-		if (cidr_match(cfg.trusted, cfg.ntrusted, &c->peer.sa))
-			c->flags |= F_TRUSTED;
-	}
+	proxy_apply(c, &ss);
 	buf_compact(b);		/* the head is parsed and rewritten at 0 */
+	return 1;
+}
+
+/* The client named by a PROXY header becomes the session's peer. */
+static void
+proxy_apply(struct conn *c, const struct sockaddr_storage *ss)
+{
+	c->flags &= ~F_NEEDPROXY;
+	if (ss->ss_family != AF_INET && ss->ss_family != AF_INET6)
+		return;		/* LOCAL or UNKNOWN: the balancer itself */
+	/* Connection caps counted the balancer, not the client. */
+	if (c->flags & F_COUNTED)
+		acl_conn_close(&c->peer.sa, cfg.max_conns_per_ip);
+	c->flags &= ~(F_COUNTED | F_TRUSTED);
+	memcpy(&c->peer, ss, ss->ss_family == AF_INET ?
+	    sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6));
+	if (cidr_match(cfg.trusted, cfg.ntrusted, &c->peer.sa))
+		c->flags |= F_TRUSTED;
+}
+
+/*
+ * On a TLS listener the PROXY header comes before the TLS handshake, in
+ * the clear: it is taken off the socket (peeked, then exactly its bytes
+ * read) before the engine sees anything. Balancers send it in one
+ * write; one that arrives in pieces is refused (a peek that waited for
+ * the rest would wake the loop on every turn). 1: done, 0: wait, -1:
+ * closed.
+ */
+static int
+proxy_peek(struct conn *c)
+{
+	struct sockaddr_storage ss;
+	char pb[16 + 520];
+	ssize_t n;
+	int r;
+
+	n = recv(c->cfd, pb, sizeof(pb), MSG_PEEK);
+	if (n < 0 && (errno == EAGAIN || errno == EINTR))
+		return 0;
+	ss.ss_family = AF_UNSPEC;
+	r = n > 0 ? acl_proxy_header(pb, (size_t)n, &ss) : -1;
+	if (r <= 0 || recv(c->cfd, pb, (size_t)r, 0) != r) {
+		conn_close(c);
+		return -1;
+	}
+	proxy_apply(c, &ss);
 	return 1;
 }
 
@@ -2432,6 +2511,9 @@ client_read(struct conn *c)
 			conn_close(c);
 		return;
 	}
+	if ((c->flags & F_NEEDPROXY) && c->ctls != NULL &&
+	    proxy_peek(c) <= 0)
+		return;
 	if (!buf_want(c, b)) {
 		if (c->cstate != C_IDLE || !pool_reclaim(c))
 			return;
@@ -3181,7 +3263,7 @@ reload(void)
 		conf_free(&nc);
 		return;
 	}
-	for (slot = 0; slot < RETIRED && retired[slot].refs != -1; slot++)
+	for (slot = 0; slot < RETIRED && retired[slot].refs > 0; slot++)
 		;
 	if (slot == RETIRED) {
 		logmsg(LOG_ERR, "reload refused: %d older configurations "
@@ -3209,10 +3291,8 @@ reload(void)
 			retired[slot].refs++;
 	cfg = nc;
 	cfg_gen++;
-	if (retired[slot].refs == 0) {
+	if (retired[slot].refs == 0)
 		conf_free(&retired[slot].c);
-		retired[slot].refs = -1;
-	}
 	if (servers_build() == -1)
 		logmsg(LOG_ERR, "reload: out of memory for the server table");
 	if (cfg.access_log != NULL && alog_rec == NULL &&
@@ -3324,7 +3404,10 @@ loop(void)
 		}
 		if (ndefer > 0)
 			timeout = 0;
+		else if (timeout > 1000 && log_pending())
+			timeout = 1000;
 		pool_kick();
+		log_dropped(wall);
 		log_flush();
 		ts.tv_sec = timeout / 1000;
 		ts.tv_nsec = (long)(timeout % 1000) * 1000000;
@@ -3608,7 +3691,7 @@ daemonize(void)
 	if (fd != -1) {
 		dup2(fd, 0);
 		dup2(fd, 1);
-		if (log_fd != 2)
+		if (log_fd != 2 || log_syslog)
 			dup2(fd, 2);
 		if (fd > 2)
 			close(fd);

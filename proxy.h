@@ -444,9 +444,10 @@ int acl_allowed(const struct cidr *allow, int nallow,
 struct authdb *acl_auth_load(const char *file, char *err, size_t errlen);
 void acl_auth_free(struct authdb *db);
 /* Does an Authorization value ("Basic base64(user:pass)") name a user of
- * db with that password? Hashes compared in constant time; verified
- * credentials are remembered for a minute, so a slow hash (bcrypt) is
- * not paid on every request. */
+ * db with that password? 1 yes, 0 no, -1 busy: the hashing budget of
+ * this second is spent (wrong passwords could otherwise stall the loop).
+ * Hashes compared in constant time; verified credentials are remembered
+ * for a minute, so a slow hash (bcrypt) is not paid on every request. */
 int acl_auth_check(struct authdb *db, struct slice value, int64_t now);
 
 /*
