@@ -34,14 +34,15 @@ enum {
 	P_LISTEN, P_USER, P_CHROOT, P_PIDFILE, P_LOG, P_MAXCONN, P_BUFFERS,
 	P_BUFSIZE, P_MAXBODY, P_HDRTO, P_IDLETO, P_BACKTO, P_TRUSTED, P_HIDE,
 	P_STATUS, P_STATUS_ALLOW, P_ALLOW, P_DENY, P_MAXPERIP, P_RATE,
-	P_BURST, P_ACCESS, P_PROXYPROTO
+	P_BURST, P_ACCESS, P_PROXYPROTO, P_REUSEPORT
 };
 static const char *const proxy_keys[] = {
 	"listen", "user", "chroot", "pidfile", "log", "max_connections",
 	"buffers", "buffer_size", "max_body", "header_timeout",
 	"idle_timeout", "backend_timeout", "trusted", "hide_headers",
 	"status", "status_allow", "allow", "deny", "max_conns_per_ip",
-	"rate", "rate_burst", "access_log", "proxy_protocol", NULL
+	"rate", "rate_burst", "access_log", "proxy_protocol", "reuseport",
+	NULL
 };
 
 /* Keys that may repeat, their values adding up. */
@@ -769,6 +770,8 @@ proxy_key(struct loader *l, const char *name, const char *v)
 		return set_num(l, &c->rate, name, v, 0, 1000000);
 	case P_BURST:
 		return set_num(l, &c->rate_burst, name, v, 0, 1000000);
+	case P_REUSEPORT:
+		return set_bool(l, &c->reuseport, name, v);
 	case P_PROXYPROTO:
 		return set_bool(l, &c->proxy_protocol, name, v);
 	case P_ACCESS:

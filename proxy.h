@@ -265,6 +265,7 @@ struct config {
 	long max_conns_per_ip;	/* 0: no cap */
 	long rate, rate_burst;	/* requests/s per address, 0: off */
 	int proxy_protocol;	/* PROXY v1/v2 header from trusted peers */
+	int reuseport;		/* SO_REUSEPORT: instances share listeners */
 	char *status;		/* status page path, NULL: off */
 	struct cidr *status_allow;
 	int nstatus_allow;

@@ -20,6 +20,7 @@ import json
 import os
 import platform
 import re
+import resource
 import select
 import signal
 import socket
@@ -53,6 +54,11 @@ TITLE = {"proxy": "proxy", "nginx": "nginx", "haproxy": "HAProxy",
 # Scenarios: key, what, kind, path, connections, port key, extra wrk args,
 # columns. Port key "ecdsa"/"rsa" means HTTPS on that certificate's port.
 SCENARIOS = [
+    # First, while the servers are fresh: RSS with the idle clients is
+    # then their cost, not a high-water mark left by the runs before.
+    ("idle", "%d idle keep-alive clients held open + %d active "
+     "connections, 100 B body" % (IDLE, CONNS),
+     "idle", "/small", CONNS, "http", [], COLS),
     ("ka", "keep-alive, 100 B body, %d connections" % CONNS,
      "wrk", "/small", CONNS, "http", [], COLS),
     ("close", "new connection per request (Connection: close), 100 B, "
@@ -74,9 +80,6 @@ SCENARIOS = [
      "stime", None, 1, "ecdsa", [], COLS[:3]),
     ("https_ka", "HTTPS keep-alive, 100 B body, %d connections" % CONNS,
      "wrk", "/small", CONNS, "ecdsa", [], COLS[:3]),
-    ("idle", "%d idle keep-alive clients held open + %d active "
-     "connections, 100 B body" % (IDLE, CONNS),
-     "idle", "/small", CONNS, "http", [], COLS),
 ]
 
 
@@ -126,35 +129,49 @@ def url_of(srv, port_key, path):
     return "%s://%s:%d%s" % (scheme, C.HOST, port_of(srv, port_key), path)
 
 
+def client_run(cmd, timeout):
+    """C.run, plus the CPU the client used as % of the wall time."""
+    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t = time.monotonic()
+    rc, out = C.run(cmd, timeout)
+    wall = time.monotonic() - t
+    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    used = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
+    return rc, out, wall, 100.0 * used / wall if wall > 0 else None
+
+
 def wrk(url, conns, secs, extra):
     cmd = CLIENT + ["wrk", "-t1", "-c%d" % conns, "-d%ds" % secs,
                     "--timeout", "5s", "--latency", "-s", LUA] + extra + [url]
-    rc, out = C.run(cmd, secs + 30)
+    rc, out, wall, cpct = client_run(cmd, secs + 30)
     m = re.search(r"^BENCH (.*)$", out, re.M)
     if not m:
         return None, out
-    return {k: int(v) for k, v in
-            (kv.split("=") for kv in m.group(1).split())}, out
+    r = {k: int(v) for k, v in (kv.split("=") for kv in m.group(1).split())}
+    r["client_pct"] = cpct
+    return r, out
 
 
 def measure(srv, fn):
     """Run fn() while watching srv's CPU, CPU 0/1 load and the origin's
     request count. Returns fn's dict with cpu_ticks, cpu0, cpu1 and
     origin_reqs added."""
-    o0 = C.origin_requests()
+    o0 = C.origin_counts()
     s0 = cpu_stat()
-    t0 = srv.cpu()
+    u0, k0 = srv.cpu()
     r = fn()
-    t1 = srv.cpu()
+    u1, k1 = srv.cpu()
     s1 = cpu_stat()
-    o1 = C.origin_requests()
+    o1 = C.origin_counts()
     if r is None:
         return None
-    r["cpu_ticks"] = t1 - t0
+    r["user_ticks"], r["sys_ticks"] = u1 - u0, k1 - k0
+    r["cpu_ticks"] = r["user_ticks"] + r["sys_ticks"]
     r["cpu0"] = busy_pct(s0, s1, "0")
     r["cpu1"] = busy_pct(s0, s1, "1")
-    # Minus the stub_status request that read o0 (counted by o1).
-    r["origin_reqs"] = o1 - o0 - 1
+    # Minus the stub_status request (and connection) that read o0.
+    r["origin_conns"] = o1[0] - o0[0] - 1
+    r["origin_reqs"] = o1[1] - o0[1] - 1
     return r
 
 
@@ -179,6 +196,10 @@ def derive(r):
     r["mbps"] = r["bytes"] / dur / 1e6
     r["p99_ms"] = r["p99_us"] / 1000.0
     r["cpu_us"] = r["cpu_ticks"] * 1e6 / C.CLK_TCK / n
+    r["user_us"] = r["user_ticks"] * 1e6 / C.CLK_TCK / n
+    r["sys_us"] = r["sys_ticks"] * 1e6 / C.CLK_TCK / n
+    r["up_conns"] = r["origin_conns"] / n
+    r["up_reqs"] = r["origin_reqs"] / n
     r["errors"] = sum(r.get(k, 0) for k in
                       ("connect", "read", "write", "status", "timeout"))
     return r
@@ -189,11 +210,10 @@ def run_stime(srv, port_key, secs):
     out = []
 
     def go():
-        t = time.monotonic()
-        rc, o = C.run(CLIENT + ["openssl", "s_time", "-connect",
-                                "%s:%d" % (C.HOST, port), "-reuse",
-                                "-tls1_2", "-time", str(secs)], secs + 30)
-        wall = time.monotonic() - t
+        rc, o, wall, cpct = client_run(
+            CLIENT + ["openssl", "s_time", "-connect",
+                      "%s:%d" % (C.HOST, port), "-reuse", "-tls1_2",
+                      "-time", str(secs)], secs + 30)
         out.append(o)
         m = re.search(r"(\d+) connections in \d+ real seconds", o)
         if not m:
@@ -203,7 +223,8 @@ def run_stime(srv, port_key, secs):
         reused = sum(l.count("r") for l in o.splitlines()
                      if re.fullmatch(r"[r*0-9]+", l.strip()))
         return {"requests": n, "duration_us": int(wall * 1e6),
-                "reused": reused, "p99_us": 0, "bytes": 0}
+                "reused": reused, "p99_us": 0, "bytes": 0,
+                "client_pct": cpct}
     r = measure(srv, go)
     if r is None:
         C.log("  s_time failed against %s:\n%s" % (srv.name, out[-1][-800:]))
@@ -252,6 +273,7 @@ def run_idle(srv, path, conns, secs):
     try:
         time.sleep(0.3)
         rss1 = srv.rss_kb()
+        pss1 = srv.pss_kb()
         status = None
         if srv.name == "proxy":
             status = proxy_status()
@@ -262,7 +284,8 @@ def run_idle(srv, path, conns, secs):
             s.close()
     if r is None:
         return None
-    r.update(rss_before_kb=rss0, rss_idle_kb=rss1, idle_ok=ok,
+    r.update(rss_before_kb=rss0, rss_idle_kb=rss1, pss_idle_kb=pss1,
+             idle_ok=ok,
              idle_alive=alive, status=status)
     return r
 
@@ -387,6 +410,7 @@ def main():
                 C.http_get(C.PORTS[name]["http"], path)
         time.sleep(0.5)
         facts["rss_fresh"] = {n: servers[n].rss_kb() for n in COLS}
+        facts["pss_fresh"] = {n: servers[n].pss_kb() for n in COLS}
         facts["rss_fresh_detail"] = {n: servers[n].rss_detail()
                                      for n in COLS}
         facts["reserved_log"] = [l for l in servers["proxy"].log_text()
@@ -458,9 +482,12 @@ CALLGRIND_MARK = "<!-- bench-callgrind -->"
 def brief(key, r):
     if r is None:
         return "failed"
-    s = "%8.0f req/s  p99 %s ms  cpu %.1f us/req  cpu0 %s%% cpu1 %s%%" % (
-        r["rps"], "-" if r.get("p99_ms") is None else "%.2f" % r["p99_ms"],
-        r["cpu_us"], pct(r["cpu0"]), pct(r["cpu1"]))
+    s = ("%8.0f/s  p99 %s ms  cpu %.1f us (%.1f+%.1f)  cpu0 %s%% cpu1 %s%% "
+         "client %s%%  upconn %.2f" % (
+             r["rps"], "-" if r.get("p99_ms") is None else
+             "%.2f" % r["p99_ms"], r["cpu_us"], r["user_us"], r["sys_us"],
+             pct(r["cpu0"]), pct(r["cpu1"]), pct(r.get("client_pct")),
+             r["up_conns"]))
     if key == "big":
         s += "  %.0f MB/s" % r["mbps"]
     if r.get("errors"):
@@ -527,10 +554,10 @@ def rows(scen):
         g("rps"), "int")
     add("https_ka", "  p99 latency, ms", g("p99_ms"), "ms", False)
     add("https_ka", "  server CPU, us/req", g("cpu_us"), "us", False)
-    add("idle", "RSS, KB, idle after the runs above", g("rss_before_kb"),
-        "int", False)
     add("idle", "RSS, KB, with %d idle keep-alive clients" % IDLE,
         g("rss_idle_kb"), "int", False)
+    add("idle", "  PSS, KB, the same (shared pages split between "
+        "processes)", g("pss_idle_kb"), "int", False)
     add("idle", "req/s at %s active conns + %d idle" % (n, IDLE), g("rps"),
         "int")
     add("idle", "  p99 latency, ms", g("p99_ms"), "ms", False)
@@ -560,44 +587,93 @@ def ratio(a, b):
     return "%.2f" % (a / b)
 
 
+def client_bound(rs):
+    """The client (wrk / s_time) used at least 90% of its CPU in the
+    median run: it, not the server, set the rate."""
+    v = med(rs, lambda r: r.get("client_pct"))
+    return v is not None and v >= 90
+
+
 def table(results, scen, facts=None):
     hdr = ("| figure (median of %d) | proxy | nginx | HAProxy | origin "
            "| proxy/nginx | proxy/HAProxy |\n|---|--:|--:|--:|--:|--:|--:|"
            % RUNS)
     lines = [hdr]
+    marks = False
+
+    def line(lbl, vals, f):
+        cells = []
+        for c in COLS:
+            v = vals.get(c)
+            cells.append(fmt(v[0] if isinstance(v, tuple) else v, f) +
+                         ("†" if isinstance(v, tuple) and v[1] else ""))
+        p = lambda c: (vals.get(c)[0] if isinstance(vals.get(c), tuple)  # noqa
+                       else vals.get(c))
+        lines.append("| %s | %s | %s | %s | %s | %s | %s |" % (
+            lbl, *cells, ratio(p("proxy"), p("nginx")),
+            ratio(p("proxy"), p("haproxy"))))
+
     for key, label, get, f, hib in rows(scen):
         res = results.get(key, {})
-        skip_origin = key == "idle" and label.startswith("RSS")
-        vals = {c: (med(res[c], get) if c in res and not
-                    (c == "origin" and skip_origin) else None) for c in COLS}
-        lbl = label.replace("  ", "&nbsp;&nbsp;↳ ", 1) \
-            if label.startswith("  ") else label
-        if not hib:
-            lbl += " (lower is better)" if not label.startswith("  ") else ""
-        lines.append("| %s | %s | %s | %s | %s | %s | %s |" % (
-            lbl, fmt(vals["proxy"], f), fmt(vals["nginx"], f),
-            fmt(vals["haproxy"], f), fmt(vals["origin"], f),
-            ratio(vals["proxy"], vals["nginx"]),
-            ratio(vals["proxy"], vals["haproxy"])))
+        sub = label.startswith("  ")
+        vals = {}
+        for c in COLS:
+            if c not in res or (c == "origin" and "SS, KB" in label):
+                continue
+            v = med(res[c], get)
+            if not sub and hib:
+                bound = client_bound(res[c])
+                marks = marks or bound
+                v = (v, bound)
+            vals[c] = v
+        lbl = ("&nbsp;&nbsp;↳ " + label[2:]) if sub else label
+        if not hib and not sub:
+            lbl += " (lower is better)"
+        line(lbl, vals, f)
+        if key == "idle" and label.startswith("RSS") and facts:
+            line("RSS, KB, idle, fresh (after start and 3 requests) "
+                 "(lower is better)",
+                 {c: facts["rss_fresh"][c] for c in COLS[:3]}, "int")
+            line("&nbsp;&nbsp;↳ PSS, KB, the same",
+                 {c: facts["pss_fresh"][c] for c in COLS[:3]}, "int")
     if facts:
-        rf = facts["rss_fresh"]
-        lines.append("| RSS, KB, idle after start (1 request served) "
-                     "(lower is better) | %s | %s | %s | — | %s | %s |" % (
-                         fmt(rf["proxy"], "int"), fmt(rf["nginx"], "int"),
-                         fmt(rf["haproxy"], "int"),
-                         ratio(rf["proxy"], rf["nginx"]),
-                         ratio(rf["proxy"], rf["haproxy"])))
         sz = facts["sizes"]
         for label, get in (("Stripped binary, KB", lambda s: s["bin"]),
                            ("Stripped binary + its non-libc shared libs, KB",
                             lambda s: s["bin"] + s["libs"])):
-            v = {c: get(sz[c]) / 1024 for c in ("proxy", "nginx", "haproxy")}
-            lines.append("| %s (lower is better) | %s | %s | %s | — | %s | %s |"
-                         % (label, fmt(v["proxy"], "int"),
-                            fmt(v["nginx"], "int"), fmt(v["haproxy"], "int"),
-                            ratio(v["proxy"], v["nginx"]),
-                            ratio(v["proxy"], v["haproxy"])))
+            line(label + " (lower is better)",
+                 {c: get(sz[c]) / 1024 for c in COLS[:3]}, "int")
+    if marks:
+        lines.append("\n† the load generator (CPU 1) was at least 90% busy "
+                     "in the median run: the client, not the server, set "
+                     "this rate; compare the server CPU row below it.")
     return "\n".join(lines)
+
+
+def cpu_table(results, scen):
+    """Where the server's CPU went: user and sys µs per request, and
+    upstream connections opened per request."""
+    o = ["| scenario | " + " | ".join(
+        "%s user / sys µs" % TITLE[c] for c in COLS) +
+        " | upstream conns per request (proxy / nginx / HAProxy) |",
+        "|---|--:|--:|--:|--:|--:|"]
+    for key, what, kind, path, conns, pk, extra, cols in scen:
+        res = results.get(key, {})
+        cells = []
+        for c in COLS:
+            rs = res.get(c)
+            if not rs:
+                cells.append("—")
+                continue
+            cells.append("%.1f / %.1f" % (med(rs, lambda r: r["user_us"]),
+                                          med(rs, lambda r: r["sys_us"])))
+        up = []
+        for c in COLS[:3]:
+            rs = res.get(c)
+            up.append("%.3f" % med(rs, lambda r: r["up_conns"]) if rs
+                      else "—")
+        o.append("| %s | %s | %s |" % (key, " | ".join(cells), " / ".join(up)))
+    return "\n".join(o)
 
 
 def render(facts, results, scen):
@@ -626,6 +702,11 @@ def render(facts, results, scen):
     o.append("- load: `%s`, `%s`\n" % (v["wrk"], v["openssl"]))
     o.append("## Results\n")
     o.append(table(results, scen, facts))
+    o.append("")
+    o.append("Where the server CPU went (medians): user and sys µs per "
+             "request (per handshake, per 1 MiB response), and how many "
+             "connections the origin accepted per request:\n")
+    o.append(cpu_table(results, scen))
     o.append("")
     o.append("## How it was measured\n")
     o.append("""- Servers under test and the origin share CPU 0 (`taskset -c 0`);
@@ -695,9 +776,10 @@ def render(facts, results, scen):
         for c in ("proxy", "nginx", "haproxy")) + ".\n")
     o.append("## Every run\n")
     o.append("Per scenario and server, run by run: the figure, p99 ms, "
-             "server CPU µs per request, and how busy CPU 0 (servers) and "
-             "CPU 1 (client) were, in %. Errors are wrk's (connect, read, "
-             "write, non-2xx status, timeout).\n")
+             "server CPU µs per request (user+sys), how busy CPU 0 "
+             "(servers + origin) and CPU 1 (client) were and how much of "
+             "it the client itself used, in %. Errors are wrk's (connect, "
+             "read, write, non-2xx status, timeout).\n")
     for key, what, kind, path, conns, pk, extra, cols in scen:
         res = results.get(key, {})
         o.append("- **%s** — %s" % (key, what))
@@ -713,8 +795,9 @@ def render(facts, results, scen):
                     s = "%.0f MB/s" % r["mbps"]
                 if r.get("p99_ms") is not None:
                     s += " p99 %.2f" % r["p99_ms"]
-                s += " cpu %.1f (cpu0 %s, cpu1 %s)" % (
-                    r["cpu_us"], pct(r["cpu0"]), pct(r["cpu1"]))
+                s += " cpu %.1f (cpu0 %s, cpu1 %s, client %s)" % (
+                    r["cpu_us"], pct(r["cpu0"]), pct(r["cpu1"]),
+                    pct(r.get("client_pct")))
                 if r.get("errors"):
                     s += " **errors %d**" % r["errors"]
                 if key == "cache":
@@ -722,9 +805,11 @@ def render(facts, results, scen):
                 if key == "tls_resume":
                     s += " reused %d/%d" % (r["reused"], r["requests"])
                 if key == "idle":
-                    s += " RSS %d→%d KB, %d/%d idle ok, %d still open" % (
-                        r["rss_before_kb"], r["rss_idle_kb"], r["idle_ok"],
-                        IDLE, r["idle_alive"])
+                    s += (" RSS %d→%d KB (PSS %d), %d/%d idle ok, %d "
+                          "still open" % (
+                              r["rss_before_kb"], r["rss_idle_kb"],
+                              r["pss_idle_kb"], r["idle_ok"], IDLE,
+                              r["idle_alive"]))
                 parts.append(s)
             o.append("  - %s: %s" % (TITLE[c], "; ".join(parts)))
     o.append("")

@@ -178,9 +178,10 @@ def origin_conf(w):
 """)
 
 
-def nginx_conf(w):
+def nginx_conf(w, master=True):
     """nginx as a reverse proxy: one worker, keep-alive to the origin,
-    proxy_cache on /c/, TLS 1.2 on two ports (ECDSA, RSA)."""
+    proxy_cache on /c/, TLS 1.2 on two ports (ECDSA, RSA). master=False:
+    one process (for valgrind)."""
     p = PORTS["nginx"]
     o = PORTS["origin"]["http"]
     locs = f"""
@@ -203,7 +204,10 @@ def nginx_conf(w):
         ssl_certificate_key {w.path(cert + ".key")};
 {locs}    }}
 """
-    return w.write("nginx.conf", _ngx_common(w, "nginx") + f"""
+    common = _ngx_common(w, "nginx")
+    if not master:
+        common = common.replace("master_process on;", "master_process off;")
+    return w.write("nginx.conf", common + f"""
     ssl_protocols TLSv1.2;
     ssl_ciphers {TLS12_CIPHERS};
     ssl_prefer_server_ciphers on;
@@ -335,14 +339,25 @@ def children(pid):
 
 
 def cpu_ticks(pid):
-    """utime + stime of pid, in clock ticks (0 when it is gone)."""
+    """(utime, stime) of pid, in clock ticks ((0, 0) when it is gone)."""
     try:
         with open("/proc/%d/stat" % pid) as f:
             s = f.read()
     except OSError:
-        return 0
+        return 0, 0
     fields = s[s.rindex(")") + 2:].split()
-    return int(fields[11]) + int(fields[12])
+    return int(fields[11]), int(fields[12])
+
+
+def pss_kb(pid):
+    try:
+        with open("/proc/%d/smaps_rollup" % pid) as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
 
 
 def vmrss_kb(pid):
@@ -401,11 +416,16 @@ class Server:
         return p
 
     def cpu(self):
-        """CPU ticks of the whole process tree (master and workers)."""
-        return sum(cpu_ticks(p) for p in self.pids())
+        """(user, sys) CPU ticks of the whole process tree (master and
+        workers)."""
+        t = [cpu_ticks(p) for p in self.pids()]
+        return sum(u for u, _ in t), sum(s for _, s in t)
 
     def rss_kb(self):
         return sum(vmrss_kb(p) for p in self.pids())
+
+    def pss_kb(self):
+        return sum(pss_kb(p) for p in self.pids())
 
     def rss_detail(self):
         return [(p, vmrss_kb(p)) for p in self.pids()]
@@ -508,11 +528,12 @@ def read_response(s, buf=b""):
     return int(head.split(None, 2)[1]), rest[n:]
 
 
-def origin_requests():
-    """Requests the origin has served so far (stub_status)."""
+def origin_counts():
+    """(connections accepted, requests served) by the origin so far,
+    from its stub_status."""
     _, _, body = http_get(PORTS["origin"]["http"], "/nginx_status")
     m = re.search(rb"\n\s*(\d+)\s+(\d+)\s+(\d+)", body)
-    return int(m.group(3)) if m else -1
+    return (int(m.group(1)), int(m.group(3))) if m else (-1, -1)
 
 
 def run(cmd, timeout, **kw):
