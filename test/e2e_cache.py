@@ -1076,17 +1076,21 @@ def large_object_revalidation():
 @test
 def no_cache_response_revalidated_each_use():
     with CEnv() as e:
-        t = "/nc?" + q(cc="no-cache", etag="n1")
-        r = e.get(t)
-        o = expect_count(e, t, 1)
-        body = o[0].body
-        expect(r, 200, "MISS", body, "first GET")
-        for i in range(3):
+        # with max-age=60 too: no-cache still means ask every time
+        for cc in ("no-cache", "no-cache, max-age=60"):
+            t = "/nc?" + q(cc=cc, etag="n1")
             r = e.get(t)
-            o = expect_count(e, t, i + 2, "use %d" % (i + 2))
-            check(o[-1].h("If-None-Match") == '"n1"',
-                  "use %d: no If-None-Match: %r" % (i + 2, o[-1].headers))
-            expect(r, 200, "REVALIDATED", body, "use %d" % (i + 2))
+            o = expect_count(e, t, 1)
+            body = o[0].body
+            expect(r, 200, "MISS", body, cc + ": first GET")
+            for i in range(3):
+                r = e.get(t)
+                o = expect_count(e, t, i + 2, "%s: use %d" % (cc, i + 2))
+                check(o[-1].h("If-None-Match") == '"n1"',
+                      "%s: use %d: no If-None-Match: %r" % (
+                          cc, i + 2, o[-1].headers))
+                expect(r, 200, "REVALIDATED", body, "%s: use %d" % (
+                    cc, i + 2))
         # without a validator there is nothing to revalidate with
         t2 = "/nc2?" + q(cc="no-cache")
         e.get(t2)

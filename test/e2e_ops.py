@@ -996,6 +996,52 @@ def log_rate_limit_count_written():
                   n + 1, written, dropped))
 
 
+@test
+def reuseport():
+    """reuseport = yes: two instances, each with its own config (one sends
+    to origin A, the other to B), listen on one port and the kernel
+    spreads connections over both; without it a second cannot bind."""
+    tmp1, tmp2, tmp3 = TmpDir(), TmpDir(), TmpDir()
+    oa, ob = Origin(name="a").start(), Origin(name="b").start()
+    p1 = p2 = None
+    try:
+        port = free_port()
+        p1 = Proxy(tmp1, one_route(port, oa.port, {"reuseport": "yes"}),
+                   port)
+        p1.start()
+        p2 = Proxy(tmp2, one_route(port, ob.port, {"reuseport": "yes"}),
+                   port)
+        p2.start()
+        for i in range(60):
+            c = Conn(port)
+            c.send(req("GET", "/fixed?text=r%d" % i,
+                       headers=["Connection: close"]))
+            r, _ = c.read_final()
+            expect_status(r, 200, "request %d" % i)
+            c.close()
+        na, nb = oa.count(), ob.count()
+        info("reuseport: 60 connections: %d via instance A, %d via B" % (
+            na, nb))
+        check(na + nb == 60 and na > 0 and nb > 0,
+              "connections not spread: A %d, B %d" % (na, nb))
+        conf3 = tmp3.file("proxy.ini", one_route(port, oa.port))
+        r = subprocess.run([PROXY_BIN, "-f", "-c", conf3],
+                           capture_output=True, stdin=subprocess.DEVNULL,
+                           timeout=10, env=proxy_env())
+        out = (r.stdout + r.stderr).decode("latin-1")
+        check(r.returncode == 1 and "Address already in use" in out,
+              "a third instance without reuseport: exit %d %s" % (
+                  r.returncode, short(out)))
+    finally:
+        for p in (p1, p2):
+            if p is not None:
+                p.stop()
+        oa.stop()
+        ob.stop()
+        for t in (tmp1, tmp2, tmp3):
+            t.remove()
+
+
 # ---------------------------------------------------------------- daemon
 
 @test
