@@ -879,6 +879,7 @@ static void proxy_apply(struct conn *c, const struct sockaddr_storage *ss);
 static int proxy_peek(struct conn *c);
 static struct slice header_value(const struct http_msg *m, const char *name);
 static void status_request(struct conn *c);
+static void own_close(struct conn *c);
 static void cfg_release(struct conn *c);
 static void reload(void);
 static int same_list(char **a, int na, char **b, int nb);
@@ -1472,11 +1473,7 @@ cache_serve(struct conn *c, int status)
 		send_error(c, 503);
 		return;
 	}
-	if ((msg.flags & (HF_CL | HF_CHUNKED)) && !((msg.flags & HF_CL) &&
-	    msg.clen == 0))
-		c->flags |= F_CLOSE;	/* a body we will not read */
-	if (!(c->flags & F_KEEP) || draining)
-		c->flags |= F_CLOSE;
+	own_close(c);
 	c->rq.off += msg.head_len;
 	c->rs.off = c->rs.len = 0;
 	c->rfwd = 0;
@@ -2160,6 +2157,38 @@ req_start(struct conn *c)
 
 /* ------------------------------------------------------ status page */
 
+/*
+ * Answers the proxy makes itself (status page, redirect, cache hits)
+ * keep the connection unless the request has a body we will not read,
+ * or the client (or a stop) wants it closed.
+ */
+static void
+own_close(struct conn *c)
+{
+	if ((msg.flags & (HF_CL | HF_CHUNKED)) && !((msg.flags & HF_CL) &&
+	    msg.clen == 0))
+		c->flags |= F_CLOSE;	/* a body we will not read */
+	if (!(c->flags & F_KEEP) || draining)
+		c->flags |= F_CLOSE;
+}
+
+/* rs[0..len) is our own complete answer, its head headlen bytes. */
+static void
+own_send(struct conn *c, int status, uint32_t len, uint32_t headlen)
+{
+	c->rs.off = 0;
+	c->rs.len = len;
+	c->rfwd = len;
+	c->rq.off += msg.head_len;
+	stats.classes[status / 100 - 1]++;
+	c->status = (int16_t)status;
+	c->rhead = headlen;
+	c->flags |= F_RSTARTED;
+	c->cstate = C_SENT;
+	c->ustate = U_DONE;
+	client_flush(c);
+}
+
 /* Bounded appends: a full buffer truncates, it never overflows. */
 struct out {
 	char *p;
@@ -2314,11 +2343,7 @@ status_request(struct conn *c)
 	head.p = c->rs.d;
 	head.n = 0;
 	head.cap = 256;
-	if ((msg.flags & (HF_CL | HF_CHUNKED)) && !((msg.flags & HF_CL) &&
-	    msg.clen == 0))
-		c->flags |= F_CLOSE;	/* a body we will not read */
-	if (!(c->flags & F_KEEP) || draining)
-		c->flags |= F_CLOSE;
+	own_close(c);
 	out_add(&head, "HTTP/1.1 200 OK\r\nContent-Type: %s\r\n"
 	    "Content-Length: %zu\r\nCache-Control: no-store\r\n%s%s\r\n",
 	    json ? "application/json" : "text/plain", body.n,
@@ -2327,17 +2352,8 @@ status_request(struct conn *c)
 	    c->minor == 0 ? "Connection: keep-alive\r\n" : "");
 	if (!(c->flags & F_HEADREQ))
 		memcpy(c->rs.d + head.n, body.p, body.n);
-	c->rs.off = 0;
-	c->rs.len = (uint32_t)(head.n + (c->flags & F_HEADREQ ? 0 : body.n));
-	c->rfwd = c->rs.len;
-	c->rq.off += msg.head_len;
-	stats.classes[1]++;
-	c->status = 200;
-	c->rhead = (uint32_t)head.n;
-	c->flags |= F_RSTARTED;
-	c->cstate = C_SENT;
-	c->ustate = U_DONE;
-	client_flush(c);
+	own_send(c, 200, (uint32_t)(head.n + (c->flags & F_HEADREQ ? 0 :
+	    body.n)), (uint32_t)head.n);
 }
 
 /* redirect_http: a plain request gets 301 to the same URL over TLS. */
@@ -2367,11 +2383,7 @@ redirect_request(struct conn *c)
 			}
 	if (tls_port != 443)
 		snprintf(port, sizeof(port), ":%d", tls_port);
-	if ((msg.flags & (HF_CL | HF_CHUNKED)) && !((msg.flags & HF_CL) &&
-	    msg.clen == 0))
-		c->flags |= F_CLOSE;
-	if (!(c->flags & F_KEEP) || draining)
-		c->flags |= F_CLOSE;
+	own_close(c);
 	head.p = c->rs.d;
 	head.n = 0;
 	head.cap = bufsz;
@@ -2384,17 +2396,7 @@ redirect_request(struct conn *c)
 		send_error(c, 414);
 		return;
 	}
-	c->rs.off = 0;
-	c->rs.len = (uint32_t)head.n;
-	c->rfwd = c->rs.len;
-	c->rq.off += msg.head_len;
-	stats.classes[2]++;
-	c->status = 301;
-	c->rhead = (uint32_t)head.n;
-	c->flags |= F_RSTARTED;
-	c->cstate = C_SENT;
-	c->ustate = U_DONE;
-	client_flush(c);
+	own_send(c, 301, (uint32_t)head.n, (uint32_t)head.n);
 }
 
 /*
