@@ -231,3 +231,24 @@ clean:
 
 .PHONY: all deps test fuzz run install install-strip clean cross-deps \
 	test-cross clean-cross FORCE
+
+# ------------------------------------------------------------ benchmarks
+#
+# make bench             ./proxy against nginx and HAProxy (and the
+#     origin alone) with wrk, interleaved, servers on CPU 0 and clients
+#     on CPU 1; writes bench/RESULTS.md (about 10 minutes; BENCH_QUICK=1:
+#     one 2 s run per figure). Installs nginx-light, haproxy and wrk from
+#     Debian when root. Measures only: nothing in it can fail on speed.
+# make bench-callgrind   instructions per proxied request, cache hit,
+#     TLS handshake ... under valgrind --tool=callgrind (proxy, nginx,
+#     HAProxy), per function for proxy (a -fno-inline build made in the
+#     scratch directory) and system calls per request with strace;
+#     appended to bench/RESULTS.md.
+bench: all
+	$(PYTHON) bench/bench.py
+
+bench-callgrind: all
+	BENCH_BUILD='$(CC) $(WARN) $(CFLAGS) -fno-inline $(SRC) $(LIBS)' \
+	    $(PYTHON) bench/callgrind.py
+
+.PHONY: bench bench-callgrind

@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <syslog.h>
 #include <time.h>
 #include <unistd.h>
@@ -894,6 +895,7 @@ static int cache_revalidated(struct conn *c, uint32_t pos);
 static void cache_store(struct conn *c, uint32_t pos);
 static void cache_fill(struct conn *c);
 static void cache_serve(struct conn *c, int status);
+static int reval_resend(struct conn *c, uint32_t pos);
 static int is_idempotent(struct slice m);
 static void up_eof(struct conn *c);
 
@@ -1450,6 +1452,10 @@ cache_try(struct conn *c, const struct route *rt)
 		send_error(c, 504);	/* only-if-cached, nothing fresh */
 		return 1;
 	case CACHE_STALE:
+		/* A copy an HTTP/1.0 client cannot take is not revalidated
+		 * for it: it gets the backend's own answer. */
+		if (c->minor == 0 && cache_chunked(&c->cref))
+			return 0;
 		/* Revalidate with our validators, unless the client sent
 		 * its own: then its backend answer is its own. */
 		for (i = 0; i < msg.nh; i++)
@@ -1529,8 +1535,11 @@ cache_revalidated(struct conn *c, uint32_t pos)
 	if (msg.status != 304)
 		return 0;
 	if (cache_refresh(&c->cref, &msg, c->twreq, wall) == -1) {
-		/* The copy went meanwhile (or the ETag is not ours): this 304
-		 * answers a question the client never asked. */
+		/* The copy went meanwhile (evicted, refreshed by a request
+		 * beside this one, no room to rewrite it): this 304 answers
+		 * a question the client never asked. Ask the plain one. */
+		if (reval_resend(c, pos))
+			return 1;
 		logmsg(LOG_WARNING, "%s: revalidated copy gone", c->srv->name);
 		send_error(c, 502);
 		return 1;
@@ -1549,6 +1558,53 @@ cache_revalidated(struct conn *c, uint32_t pos)
 	c->flags |= F_RSTARTED;
 	c->ustate = U_CACHE;
 	cache_fill(c);
+	return 1;
+}
+
+/*
+ * Send the held request again on the same upstream connection, without
+ * the conditional lines the cache added (the client sent none), after a
+ * 304 that could not refresh the copy. Its full answer is then stored
+ * and sent like any miss. 0 when that cannot be done.
+ */
+static int
+reval_resend(struct conn *c, uint32_t pos)
+{
+	static const char *const cond[] = { "If-None-Match:",
+	    "If-Modified-Since:" };
+	struct buf *b = &c->rq;
+	char *p, *end, *eol;
+	size_t i, n, k;
+
+	if (!(c->flags & F_HOLD) || c->qsent != c->qfwd ||
+	    !(msg.minor == 1 ? !(msg.flags & HF_CLOSE) :
+	    (msg.flags & HF_KEEPALIVE) != 0))
+		return 0;
+	c->rs.len = c->rs.off + pos;	/* forget the 304 */
+	p = b->d + b->off;
+	end = p + c->qfwd;
+	while (p < end && (eol = memchr(p, '\n', (size_t)(end - p))) != NULL) {
+		n = (size_t)(eol + 1 - p);
+		for (k = 0, i = 0; i < 2; i++)
+			if (n > strlen(cond[i]) &&
+			    strncasecmp(p, cond[i], strlen(cond[i])) == 0)
+				k = 1;
+		if (!k) {
+			p = eol + 1;
+			continue;
+		}
+		memmove(p, eol + 1, (size_t)(b->d + b->len - (eol + 1)));
+		b->len -= (uint32_t)n;
+		c->qfwd -= (uint32_t)n;
+		end -= n;
+	}
+	c->qsent = 0;
+	c->flags &= ~(F_GOTRESP | F_UBLOCK);
+	c->ustate = U_HEAD;
+	c->tprog = now;
+	logmsg(LOG_INFO, "%s: revalidated copy gone, asking again",
+	    c->srv->name);
+	up_flush(c);
 	return 1;
 }
 

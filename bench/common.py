@@ -224,7 +224,7 @@ def nginx_conf(w, master=True):
         max_size=4m inactive=1h use_temp_path=off;
     upstream origin {{
         server {HOST}:{o};
-        keepalive 32;
+        keepalive 128;
         keepalive_requests 1000000;
     }}
     server {{
