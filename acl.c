@@ -145,9 +145,9 @@ acl_conn_open(const struct sockaddr *sa, long max, int64_t now)
 	struct peer *p;
 
 	if (max <= 0)
-		return 1;
+		return 2;
 	if ((p = lookup(sa, 1, now)) == NULL)
-		return 1;
+		return 2;
 	p->seen = now;
 	if (p->conns >= max)
 		return 0;
@@ -155,13 +155,13 @@ acl_conn_open(const struct sockaddr *sa, long max, int64_t now)
 	return 1;
 }
 
+/* Whatever max is now (a reload may have changed it): a counted
+ * connection is uncounted. */
 void
-acl_conn_close(const struct sockaddr *sa, long max)
+acl_conn_close(const struct sockaddr *sa)
 {
 	struct peer *p;
 
-	if (max <= 0)
-		return;
 	/* Its slot may have been given away meanwhile: then nothing to do. */
 	if ((p = lookup(sa, 0, 0)) != NULL && p->conns > 0)
 		p->conns--;
@@ -401,6 +401,12 @@ auth_id(const struct authdb *db, struct slice v, uint8_t id[32])
 	br_sha256_update(&h, &db, sizeof(db));
 	br_sha256_update(&h, v.p, v.n);
 	br_sha256_out(&h, id);
+}
+
+void
+acl_auth_forget(void)
+{
+	memset(seen, 0, sizeof(seen));
 }
 
 int

@@ -387,6 +387,10 @@ log_open(void)
 {
 	int fd;
 
+	if (cfg.access_log == NULL && alog_fd != -1) {
+		close(alog_fd);	/* turned off by a reload */
+		alog_fd = -1;
+	}
 	if (cfg.access_log != NULL) {
 		fd = open(cfg.access_log, O_WRONLY | O_APPEND | O_CREAT |
 		    O_CLOEXEC, 0640);
@@ -935,7 +939,7 @@ conn_close(struct conn *c)
 		tls_listeners();	/* an engine is free again */
 	}
 	if (c->flags & F_COUNTED)
-		acl_conn_close(&c->peer.sa, cfg.max_conns_per_ip);
+		acl_conn_close(&c->peer.sa);
 	buf_put(c, &c->rq);
 	buf_put(c, &c->rs);
 	if (c->flags & F_WAITBUF)
@@ -1545,11 +1549,13 @@ cache_revalidated(struct conn *c, uint32_t pos)
 		return 1;
 	}
 	hold_release(c);
+	/* Bytes after the 304: the backend broke framing, no reuse. */
+	if (c->rs.len == c->rs.off + pos + msg.head_len &&
+	    (msg.minor == 1 ? !(msg.flags & HF_CLOSE) :
+	    (msg.flags & HF_KEEPALIVE) != 0))
+		c->flags |= F_UKEEP;
 	c->rs.len = c->rs.off + pos;	/* the 304 head is ours, not theirs */
 	c->rmode = M_NONE;
-	if (msg.minor == 1 ? !(msg.flags & HF_CLOSE) :
-	    (msg.flags & HF_KEEPALIVE) != 0)
-		c->flags |= F_UKEEP;
 	if (!(c->flags & F_KEEP) || draining)
 		c->flags |= F_CLOSE;
 	resp_done(c);
@@ -1608,6 +1614,50 @@ reval_resend(struct conn *c, uint32_t pos)
 	return 1;
 }
 
+/*
+ * Does the response Vary on a header the proxy writes or drops on its way
+ * upstream? The stored variant would be keyed by our value while lookups
+ * see the client's: a client sending "X-Forwarded-For: victim" would get
+ * the victim's copy. Such responses are not stored.
+ */
+static int
+vary_rewritten(void)
+{
+	static const char *const ours[] = { "x-forwarded-for",
+	    "x-forwarded-proto", "x-forwarded-host", "forwarded", "via",
+	    "authorization", "if-none-match", "if-modified-since",
+	    "connection", "keep-alive", "te", "trailer", "upgrade", "expect",
+	    "proxy-connection", "proxy-authorization", NULL };
+	const struct slice *v;
+	uint32_t i, j, k;
+	int h;
+
+	for (h = 0; h < msg.nh; h++) {
+		if (!slice_eq(msg.h[h].name, "Vary"))
+			continue;
+		v = &msg.h[h].value;
+		for (i = 0; i < v->n; i = j + 1) {
+			struct slice t;
+
+			for (j = i; j < v->n && v->p[j] != ','; j++)
+				;
+			t.p = v->p + i;
+			t.n = j - i;
+			while (t.n > 0 && (*t.p == ' ' || *t.p == '\t')) {
+				t.p++;
+				t.n--;
+			}
+			while (t.n > 0 && (t.p[t.n - 1] == ' ' ||
+			    t.p[t.n - 1] == '\t'))
+				t.n--;
+			for (k = 0; ours[k] != NULL; k++)
+				if (slice_eq(t, ours[k]))
+					return 1;
+		}
+	}
+	return 0;
+}
+
 /* A response head on a cache route: begin storing it if it may be. The
  * request head as sent is still held at rq.off (up_read kept it). */
 static void
@@ -1615,7 +1665,7 @@ cache_store(struct conn *c, uint32_t pos)
 {
 	int w;
 
-	if ((c->flags & F_HEADREQ) || !(c->flags & F_HOLD))
+	if ((c->flags & F_HEADREQ) || !(c->flags & F_HOLD) || vary_rewritten())
 		return;
 	w = cache_store_begin(c->rq.d + c->rq.off, c->qfwd, scheme(c), &msg,
 	    c->rs.d + c->rs.off + pos, c->twreq, wall);
@@ -2114,21 +2164,28 @@ req_start(struct conn *c)
 		send_error(c, 403);
 		return;
 	}
-	if (cfg.routes[r].auth != NULL) {
-		int ok = acl_auth_check(cfg.routes[r].auth,
-		    header_value(&msg, "Authorization"), now);
-
-		if (ok <= 0) {
-			send_error(c, ok < 0 ? 503 : 401);
-			return;
-		}
-	}
 	{
 		int retry;
 
 		if (!acl_rate(&c->peer.sa, cfg.rate, cfg.rate_burst, now,
 		    &retry)) {
 			send_error(c, 429);
+			return;
+		}
+	}
+	/* After the rate limit: a client past it spends no hashing. */
+	if (cfg.routes[r].auth != NULL) {
+		int ok = -2, i, nauth = 0;
+
+		/* Two Authorization headers: which one would the backend
+		 * believe? Refuse rather than guess. */
+		for (i = 0; i < msg.nh; i++)
+			nauth += slice_eq(msg.h[i].name, "Authorization");
+		if (nauth <= 1)
+			ok = acl_auth_check(cfg.routes[r].auth,
+			    header_value(&msg, "Authorization"), now);
+		if (ok <= 0) {
+			send_error(c, ok == -2 ? 400 : ok < 0 ? 503 : 401);
 			return;
 		}
 	}
@@ -2494,7 +2551,7 @@ proxy_apply(struct conn *c, const struct sockaddr_storage *ss)
 		return;		/* LOCAL or UNKNOWN: the balancer itself */
 	/* Connection caps counted the balancer, not the client. */
 	if (c->flags & F_COUNTED)
-		acl_conn_close(&c->peer.sa, cfg.max_conns_per_ip);
+		acl_conn_close(&c->peer.sa);
 	c->flags &= ~(F_COUNTED | F_TRUSTED);
 	memcpy(&c->peer, ss, ss->ss_family == AF_INET ?
 	    sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6));
@@ -2823,8 +2880,11 @@ conn_update(struct conn *c)
 		if (c->ctls != NULL && tls_pending(c->ctls))
 			kick(c, F_CKICK);
 	}
+	/* The engine's own wants; its reads only when we may read too (a
+	 * handshake with no buffer to go on would wake every turn). */
 	if (c->ctls != NULL && !(c->flags & F_CSHUT))
-		ev |= tls_events(c->ctls);
+		ev |= tls_events(c->ctls) & ((ev & POLLIN) ? (POLLIN | POLLOUT) :
+		    POLLOUT);
 	slot_set(c->cslot, c->cfd, ev, c->flags & F_CHUP);
 	if (c->ufd == -1)
 		return;
@@ -2983,16 +3043,33 @@ pool_kick(void)
 {
 	long i;
 
-	if (pool_waiters == 0 || pool_free == 0)
+	static int64_t reclaim_next;
+	int reclaim;
+
+	if (pool_waiters == 0)
 		return;
+	/* A request waiting for a buffer tries pool_reclaim again now and
+	 * then: a session may have stalled long enough meanwhile. */
+	reclaim = now >= reclaim_next;
+	if (reclaim)
+		reclaim_next = now + RECLAIM_MS / 2;
 	for (i = 0; i < cfg.max_connections && pool_waiters > 0; i++) {
 		struct conn *c = &conns[i];
+		struct buf *want;
 
-		if (c->flags & F_WAITBUF) {
-			c->flags &= ~F_WAITBUF;
-			pool_waiters--;
-			conn_update(c);
-		}
+		if (!(c->flags & F_WAITBUF))
+			continue;
+		/* Woken only when what it waits for can be lent: else it
+		 * would fail again at once, every turn (a spin). */
+		want = c->rq.d == NULL && (c->cstate == C_IDLE ||
+		    c->cstate == C_HEAD || c->cstate == C_BODY ||
+		    c->cstate == C_TUNNEL) ? &c->rq : &c->rs;
+		if (!buf_available(c, want) &&
+		    !(reclaim && c->cstate == C_IDLE))
+			continue;
+		c->flags &= ~F_WAITBUF;
+		pool_waiters--;
+		conn_update(c);
 	}
 }
 
@@ -3070,7 +3147,7 @@ do_accept(int lfd, int is_tls)
 	union addr a;
 	socklen_t alen;
 	struct conn *c;
-	int i, fd, one = 1;
+	int i, fd, one = 1, counted;
 
 	for (i = 0; i < 64; i++) {
 		/* No TLS engine free: leave the client in the backlog. */
@@ -3092,7 +3169,8 @@ do_accept(int lfd, int is_tls)
 			return;
 		}
 		/* Refused cheaply: one write of a static answer, no slot. */
-		if (!acl_conn_open(&a.sa, cfg.max_conns_per_ip, now)) {
+		if ((counted = acl_conn_open(&a.sa, cfg.max_conns_per_ip,
+		    now)) == 0) {
 			const char *p;
 			size_t len;
 
@@ -3102,7 +3180,8 @@ do_accept(int lfd, int is_tls)
 			continue;
 		}
 		if (nfree_conns == 0 && !evict_one()) {
-			acl_conn_close(&a.sa, cfg.max_conns_per_ip);
+			if (counted == 1)
+				acl_conn_close(&a.sa);
 			(void)send(fd, busy, sizeof(busy) - 1, MSG_NOSIGNAL);
 			close(fd);
 			continue;
@@ -3111,12 +3190,26 @@ do_accept(int lfd, int is_tls)
 		nactive++;
 		stats.accepted++;
 		c->ctls = is_tls ? tls_server() : NULL;
+		if (is_tls && c->ctls == NULL) {
+			/* Never plain HTTP on a TLS port. */
+			logmsg(LOG_ERR, "TLS engine reset failed");
+			c->cfd = fd;
+			c->cslot = loop_watch(fd, O_CLIENT, (int)(c - conns));
+			c->ufd = -1;
+			c->uslot = -1;
+			c->flags &= F_DEFER | F_CKICK | F_UKICK;
+			if (counted == 1)
+				c->flags |= F_COUNTED;
+			c->peer = a;
+			conn_close(c);
+			continue;
+		}
 		c->cfd = fd;
 		c->ufd = -1;
 		c->uslot = -1;
 		c->peer = a;
 		c->flags &= F_DEFER | F_CKICK | F_UKICK;
-		if (cfg.max_conns_per_ip > 0)
+		if (counted == 1)
 			c->flags |= F_COUNTED;
 		exchange_reset(c);
 		c->ustate = U_NONE;
@@ -3336,6 +3429,7 @@ reload(void)
 		return;
 	}
 	keep_restart_keys(&nc);
+	acl_auth_forget();	/* verified credentials were for the old files */
 	bal_checks_stop(&cfg);
 	for (i = 0; i < nidles; i++)
 		if (idles[i].fd != -1)
@@ -3460,11 +3554,14 @@ loop(void)
 			else if (accept_resume - now < timeout)
 				timeout = (int)(accept_resume - now);
 		}
+		pool_kick();
 		if (ndefer > 0)
 			timeout = 0;
 		else if (timeout > 1000 && log_pending())
 			timeout = 1000;
-		pool_kick();
+		/* Requests waiting for a buffer retry pool_reclaim soon. */
+		if (pool_waiters > 0 && timeout > RECLAIM_MS / 2)
+			timeout = RECLAIM_MS / 2;
 		log_dropped(wall);
 		log_flush();
 		ts.tv_sec = timeout / 1000;

@@ -428,10 +428,11 @@ void cache_get_stats(struct cache_stats *s);
 /* Reserve the per-address table (entries rounded up to a power of two). */
 int acl_init(long entries);
 size_t acl_table_size(void);
-/* A client connects: 0 when it already has max connections open
- * (max <= 0: no cap). Every 1 must be paired with acl_conn_close. */
+/* A client connects: 0 when it already has max connections open, 1
+ * when counted (pair it with acl_conn_close), 2 when let in uncounted
+ * (max <= 0, or no slot for the address). */
 int acl_conn_open(const struct sockaddr *sa, long max, int64_t now);
-void acl_conn_close(const struct sockaddr *sa, long max);
+void acl_conn_close(const struct sockaddr *sa);
 /* A request: 0 when the address's token bucket (rate per second, burst)
  * is empty, with the seconds until one token is back in retry_after. */
 int acl_rate(const struct sockaddr *sa, long rate, long burst, int64_t now,
@@ -444,6 +445,8 @@ int acl_allowed(const struct cidr *allow, int nallow,
  * bcrypt or SHA-512 crypt); NULL with err "FILE:LINE: message". */
 struct authdb *acl_auth_load(const char *file, char *err, size_t errlen);
 void acl_auth_free(struct authdb *db);
+/* Forget remembered credentials (reload: the files may have changed). */
+void acl_auth_forget(void);
 /* Does an Authorization value ("Basic base64(user:pass)") name a user of
  * db with that password? 1 yes, 0 no, -1 busy: the hashing budget of
  * this second is spent (wrong passwords could otherwise stall the loop).
