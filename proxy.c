@@ -35,7 +35,7 @@
 #define HEAD_SLACK	1024
 #define LINGER_MS	2000	/* reading leftovers after a final response */
 #define DRAIN_MS	5000	/* TERM: how long in-flight requests get */
-#define IDLE_PER_SERVER	32	/* idle upstream connections kept per server */
+#define IDLE_PER_SERVER	128	/* idle upstream connections kept per server */
 #define CONNECT_MS	5000	/* connect timeout, when backend_timeout is longer */
 #define MIN_BODY_RATE	256	/* bytes/s a request body must average */
 #define RECLAIM_MS	1000	/* stalled this long, a session may lose its
