@@ -133,6 +133,8 @@ struct conn {
 	uint32_t litlen;
 	struct server *srv;
 	uint8_t tries;		/* servers that failed this request */
+	uint8_t inval;		/* unsafe request on a cache route: its
+				   answer's Location is invalidated too */
 	const struct route *rt;	/* the route of the request in flight */
 	uint32_t cgen;		/* the config generation rt and srv are from */
 	int64_t tbody;		/* when the request body began (ms) */
@@ -898,6 +900,7 @@ static int cache_try(struct conn *c, const struct route *rt);
 static int cache_revalidated(struct conn *c, uint32_t pos);
 static void cache_store(struct conn *c, uint32_t pos);
 static void cache_fill(struct conn *c);
+static void cache_invalidate_location(struct conn *c);
 static void cache_serve(struct conn *c, int status);
 static int reval_resend(struct conn *c, uint32_t pos);
 static int is_idempotent(struct slice m);
@@ -992,6 +995,7 @@ exchange_reset(struct conn *c)
 	c->litlen = 0;
 	cfg_release(c);
 	c->tries = 0;
+	c->inval = 0;
 	c->status = 0;
 	c->sent = 0;
 	c->rhead = 0;
@@ -1433,8 +1437,10 @@ cache_try(struct conn *c, const struct route *rt)
 
 	if (!slice_eq(msg.method, "GET") && !slice_eq(msg.method, "HEAD")) {
 		if (!is_idempotent(msg.method) || slice_eq(msg.method, "PUT") ||
-		    slice_eq(msg.method, "DELETE"))
+		    slice_eq(msg.method, "DELETE")) {
 			cache_invalidate(scheme(c), msg.host, msg.path);
+			c->inval = 1;
+		}
 		return 0;
 	}
 	c->flags |= F_CACHED;
@@ -1658,6 +1664,55 @@ vary_rewritten(void)
 	return 0;
 }
 
+/*
+ * RFC 9111 4.4: a successful unsafe request also invalidates what its
+ * answer's Location and Content-Location name on the same host. A
+ * relative reference needs the request's host: it is read from the
+ * request head, still held (when it was whole in the buffer).
+ */
+static void
+cache_invalidate_location(struct conn *c)
+{
+	static struct http_msg req;
+	struct slice v, host, path;
+	const char *sch;
+	uint32_t i;
+	int h;
+
+	if (!(c->flags & F_HOLD) ||
+	    http_parse_request(c->rq.d + c->rq.off, c->qfwd, &req) <= 0)
+		return;
+	for (h = 0; h < msg.nh; h++) {
+		if (!slice_eq(msg.h[h].name, "Location") &&
+		    !slice_eq(msg.h[h].name, "Content-Location"))
+			continue;
+		v = msg.h[h].value;
+		sch = scheme(c);
+		host = req.host;
+		path = v;
+		if (v.n == 0 || v.p[0] != '/' || (v.n > 1 && v.p[1] == '/')) {
+			/* "http://host/path", for the request's host only:
+			 * another site's entries are not for it to drop. */
+			for (i = 0; i < v.n && v.p[i] != ':'; i++)
+				;
+			if (i + 3 > v.n || memcmp(v.p + i, "://", 3) != 0)
+				continue;
+			sch = i == 5 && strncasecmp(v.p, "https", 5) == 0 ?
+			    "https" : "http";
+			host.p = v.p + i + 3;
+			for (host.n = 0; host.p + host.n < v.p + v.n &&
+			    host.p[host.n] != '/'; host.n++)
+				;
+			path.p = host.p + host.n;
+			path.n = (uint32_t)(v.p + v.n - path.p);
+			if (path.n == 0 || host.n != req.host.n ||
+			    strncasecmp(host.p, req.host.p, host.n) != 0)
+				continue;
+		}
+		cache_invalidate(sch, host, path);
+	}
+}
+
 /* A response head on a cache route: begin storing it if it may be. The
  * request head as sent is still held at rq.off (up_read kept it). */
 static void
@@ -1782,6 +1837,8 @@ resp_head(struct conn *c)
 		return;
 	if (c->flags & F_CACHED)
 		cache_store(c, pos);
+	if (c->inval && msg.status >= 200 && msg.status < 400)
+		cache_invalidate_location(c);
 	hold_release(c);	/* kept for the cache until now (up_read) */
 	if (msg.flags & HF_NOBODY)
 		c->rmode = M_NONE;
@@ -2745,7 +2802,7 @@ up_read(struct conn *c)
 	}
 	/* The cache reads the request head when the response head comes:
 	 * keep it held until then (resp_head releases it). */
-	if ((c->flags & F_CACHED) && c->ustate == U_HEAD)
+	if ((c->flags & F_CACHED || c->inval) && c->ustate == U_HEAD)
 		c->flags |= F_GOTRESP;
 	else
 		hold_release(c);

@@ -337,6 +337,10 @@ class CacheOrigin:
             hs.append(("Age", q["age"]))
         if "vary" in q:
             hs.append(("Vary", q["vary"]))
+        if "loc" in q:
+            hs.append(("Location", q["loc"]))
+        if "cloc" in q:
+            hs.append(("Content-Location", q["cloc"]))
         # 304 to a conditional that matches
         if r.method in ("GET", "HEAD") and q.get("cond", "1") != "0":
             inm = r.h("If-None-Match")
@@ -1308,6 +1312,34 @@ def vary_variants():
 
 
 # -------------------------------------------------- 7. invalidation
+
+@test
+def unsafe_invalidates_location():
+    """RFC 9111 4.4: a successful POST also drops the entries its
+    answer's Location and Content-Location name (relative, or absolute on
+    the same host); an absolute one on another host is left alone."""
+    with CEnv() as e:
+        a = "/loc-a"
+        b = "/loc-b"
+        c = "/loc-c"
+        for t in (a, b, c):
+            e.get(t + "?" + q(cc="max-age=600"))
+            expect(e.get(t + "?" + q(cc="max-age=600")), 200, "HIT", None,
+                   "stored " + t)
+        ta, tb, tc = (t + "?" + q(cc="max-age=600") for t in (a, b, c))
+        r = e.get("/form?" + q(loc=ta, cloc="http://%s%s" % (HOST, tb)),
+                  method="POST", body=b"x")
+        expect_status(r, 200, "POST")
+        r = e.get("/form2?" + q(loc="http://other.example" + tc),
+                  method="POST", body=b"y")
+        expect_status(r, 200, "POST 2")
+        ra, rb, rc = e.get(ta), e.get(tb), e.get(tc)
+        check(xc(ra) == "MISS", "relative Location not dropped: %r" % ra)
+        check(xc(rb) == "MISS", "absolute Content-Location on our host "
+              "not dropped: %r" % rb)
+        check(xc(rc) == "HIT", "another host's Location dropped ours: "
+              "%r" % rc)
+
 
 @test
 def unsafe_methods_invalidate():
