@@ -104,11 +104,12 @@ test/tlsecho: test/tlsecho.c tls.c conf.c acl.c $(HDR)
 test/alloccount.so: test/alloccount.c
 	$(CC) -O2 -g -shared -fPIC -o $@ test/alloccount.c -ldl
 
+# Defined before its use: make expands prerequisites as it reads them.
+FUZZ = test/fuzz-request test/fuzz-response test/fuzz-chunk test/fuzz-path \
+	test/fuzz-conf
 test: deps proxy test/proxy-san test/unit-san test/alloccount.so test/tlsecho $(FUZZ)
 	sh test/run
 
-FUZZ = test/fuzz-request test/fuzz-response test/fuzz-chunk test/fuzz-path \
-	test/fuzz-conf
 FUZZSAN = -fsanitize=fuzzer,address,undefined -g -O1 -I.
 FUZZTIME ?= 30
 
