@@ -1,6 +1,7 @@
 # proxy - a small reverse proxy for routers and gateways.
 # Targets: all run test fuzz install install-strip clean; cross builds:
-# test-cross cross-deps clean-cross (see "Cross and static builds").
+# test-cross cross-deps clean-cross (see "Cross and static builds");
+# benchmarks (not tests): bench bench-callgrind.
 
 CROSS_COMPILE ?=
 ifeq ($(origin CC),default)

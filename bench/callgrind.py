@@ -12,8 +12,8 @@ which lists where a proxied request and a cache hit spend their
 instructions. Then, without valgrind, `strace -c` attached to each running
 server counts the system calls per operation.
 
-Operations: a proxied request (keep-alive, 100 B body), a cache hit, an
-HTTPS keep-alive request, a full TLS handshake (ECDSA P-256) and a resumed
+Operations: a proxied request (keep-alive, 100 B body), a cache hit, a
+proxied 1 MiB response, an HTTPS keep-alive request, a full TLS handshake (ECDSA P-256) and a resumed
 one, each on one connection at a time. The result goes into
 bench/RESULTS.md, after the `make bench` table (replacing an earlier
 callgrind section).
@@ -43,6 +43,7 @@ SERVERS = [s for s in os.environ.get("CALLGRIND_ONLY",
 OPS = {
     "proxied": ("proxied request, keep-alive, 100 B body", 200, 2200),
     "cache": ("cache hit, keep-alive, 100 B body", 200, 2200),
+    "big": ("proxied 1 MiB response, keep-alive", 10, 60),
     "https": ("HTTPS request on a kept-alive TLS connection, 100 B body",
               200, 2200),
     "tls_full": ("full TLS 1.2 handshake, ECDSA P-256, X25519 (no request)",
@@ -85,8 +86,8 @@ def get_loop(sock, path, n):
 
 def drive(op, port, tport, n, warm):
     """Run n operations (plus the warm-up, which both runs share)."""
-    if op in ("proxied", "cache"):
-        path = "/c/small" if op == "cache" else "/small"
+    if op in ("proxied", "cache", "big"):
+        path = {"cache": "/c/small", "big": "/big"}.get(op, "/small")
         s = socket.create_connection((C.HOST, port), timeout=60)
         try:
             get_loop(s, path, warm)
@@ -385,7 +386,7 @@ def render(res, fns, sysc, ops, notes, elapsed):
     if sysc:
         o.append("System calls per operation (`strace -c -f` attached to "
                  "the running server, or its nginx worker, over %d "
-                 "operations; 200 for handshakes):\n" % STRACE_N)
+                 "operations; 200 for handshakes and 1 MiB responses):\n" % STRACE_N)
         o.append("| operation | server | syscalls/op | breakdown |\n"
                  "|---|---|--:|---|")
         for op in ops:
