@@ -3790,15 +3790,6 @@ reserve(void)
 
 	for (i = 0; i < cfg.nbackends; i++)
 		nsrv += cfg.backends[i].nsrv;
-	servers = calloc(nsrv, sizeof(*servers));
-	if (servers == NULL)
-		return -1;
-	for (i = 0; i < cfg.nbackends; i++) {
-		int j;
-
-		for (j = 0; j < cfg.backends[i].nsrv; j++)
-			servers[nservers++] = &cfg.backends[i].srv[j];
-	}
 	bufsz = (uint32_t)cfg.buffer_size;
 	nidles = nsrv * IDLE_PER_SERVER;
 	if (nidles > nconn)
@@ -3821,8 +3812,8 @@ reserve(void)
 	scratch = malloc(bufsz);
 	pathbuf = malloc(bufsz);
 	if (!conns || !free_conns || !idles || !pfd || !owner || !ready ||
-	    !deferq ||
-	    !pool || !pool_mem || !scratch || !pathbuf)
+	    !deferq || !pool || !pool_mem || !scratch || !pathbuf ||
+	    servers_build() == -1)
 		return -1;
 	for (i = 0; i < nconn; i++) {
 		conns[i].cfd = conns[i].ufd = -1;
