@@ -1716,35 +1716,52 @@ def rss_report():
 
 # ------------------------------------------------------------------ main
 
-def _alarm(signum, frame):
-    raise TestTimeout("test took longer than %ds" % TEST_TIMEOUT)
+def run_one(fn, timeout=TEST_TIMEOUT):
+    """Run one test under an alarm of timeout seconds: None when it
+    passed, else why it failed, on one line."""
+    def alarm(signum, frame):
+        raise TestTimeout("test took longer than %ds" % timeout)
+
+    signal.signal(signal.SIGALRM, alarm)
+    signal.alarm(timeout)
+    try:
+        fn()
+        signal.alarm(0)
+        return None
+    except BaseException as ex:
+        signal.alarm(0)
+        if isinstance(ex, KeyboardInterrupt):
+            raise
+        msg = str(ex) or type(ex).__name__
+        if not isinstance(ex, (AssertionError, TestTimeout)):
+            msg = "%s: %s" % (type(ex).__name__, msg)
+        return " ".join(msg.split())
+
+
+def run_tests(tests, label, timeout=TEST_TIMEOUT, cut=1500):
+    """Every suite's main: run the tests whose name holds argv[1] (all
+    without it), one "ok NAME" / "FAIL NAME: why" line each, then
+    "LABEL: N passed, N failed" last. Returns the exit code."""
+    filt = sys.argv[1] if len(sys.argv) > 1 else ""
+    passed = failed = 0
+    t0 = time.monotonic()
+    for name, fn in tests:
+        if filt not in name:
+            continue
+        err = run_one(fn, timeout)
+        if err is None:
+            print("ok %s" % name, flush=True)
+            passed += 1
+        else:
+            print("FAIL %s: %s" % (name, err[:cut]), flush=True)
+            failed += 1
+    info("%s: %.1fs" % (label, time.monotonic() - t0))
+    print("%s: %d passed, %d failed" % (label, passed, failed), flush=True)
+    return 1 if failed else 0
 
 
 def main():
-    filt = sys.argv[1] if len(sys.argv) > 1 else ""
-    signal.signal(signal.SIGALRM, _alarm)
-    passed = failed = 0
-    for name, fn in TESTS:
-        if filt not in name:
-            continue
-        signal.alarm(TEST_TIMEOUT)
-        try:
-            fn()
-            signal.alarm(0)
-            print("ok %s" % name, flush=True)
-            passed += 1
-        except BaseException as ex:
-            signal.alarm(0)
-            if isinstance(ex, KeyboardInterrupt):
-                raise
-            msg = str(ex) or type(ex).__name__
-            if not isinstance(ex, (AssertionError, TestTimeout)):
-                msg = "%s: %s" % (type(ex).__name__, msg)
-            msg = " ".join(msg.split())
-            print("FAIL %s: %s" % (name, msg[:1500]), flush=True)
-            failed += 1
-    print("e2e: %d passed, %d failed" % (passed, failed), flush=True)
-    return 1 if failed else 0
+    return run_tests(TESTS, "e2e")
 
 
 if __name__ == "__main__":

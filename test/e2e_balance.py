@@ -24,7 +24,6 @@ ports of 127.0.0.1, and stops it with SIGTERM by PID; the proxy must exit
 import json
 import os
 import re
-import signal
 import socket
 import sys
 import threading
@@ -45,9 +44,6 @@ TEST_TIMEOUT = 60           # seconds for one test, whatever it does
 STATUS = "/.proxy/status"
 CHECK_UA = "proxy-check"    # User-Agent of the proxy's health checks
 
-
-class TestTimeout(Exception):
-    pass
 
 
 # ------------------------------------------------------------ the origin
@@ -1098,36 +1094,8 @@ def weights_with_down_server():
 
 # ------------------------------------------------------------------ main
 
-def _alarm(signum, frame):
-    raise TestTimeout("test took longer than %ds" % TEST_TIMEOUT)
-
-
 def main():
-    filt = sys.argv[1] if len(sys.argv) > 1 else ""
-    signal.signal(signal.SIGALRM, _alarm)
-    passed = failed = 0
-    for name, fn in TESTS:
-        if filt not in name:
-            continue
-        signal.alarm(TEST_TIMEOUT)
-        try:
-            fn()
-            signal.alarm(0)
-            print("ok %s" % name, flush=True)
-            passed += 1
-        except BaseException as ex:
-            signal.alarm(0)
-            if isinstance(ex, KeyboardInterrupt):
-                raise
-            msg = str(ex) or type(ex).__name__
-            if not isinstance(ex, (AssertionError, TestTimeout)):
-                msg = "%s: %s" % (type(ex).__name__, msg)
-            msg = " ".join(msg.split())
-            print("FAIL %s: %s" % (name, msg[:2000]), flush=True)
-            failed += 1
-    print("%s: %d passed, %d failed" % (LABEL, passed, failed), flush=True)
-    return 1 if failed else 0
-
+    return e2e.run_tests(TESTS, LABEL, TEST_TIMEOUT, cut=2000)
 
 if __name__ == "__main__":
     sys.exit(main())

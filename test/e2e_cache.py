@@ -57,7 +57,6 @@ import json
 import os
 import random
 import re
-import signal
 import socket
 import sys
 import threading
@@ -80,9 +79,6 @@ ALLOCCOUNT = e2e.ALLOCCOUNT
 HOST = "test.local"
 FIXED_LM = "Mon, 01 Jan 2024 00:00:00 GMT"
 
-
-class TestTimeout(Exception):
-    pass
 
 
 # ------------------------------------------------------------ the origin
@@ -1698,36 +1694,8 @@ def hit_vs_proxied_report():
 
 # ------------------------------------------------------------------ main
 
-def _alarm(signum, frame):
-    raise TestTimeout("test took longer than %ds" % TEST_TIMEOUT)
-
-
 def main():
-    filt = sys.argv[1] if len(sys.argv) > 1 else ""
-    signal.signal(signal.SIGALRM, _alarm)
-    passed = failed = 0
-    for name, fn in TESTS:
-        if filt not in name:
-            continue
-        signal.alarm(TEST_TIMEOUT)
-        try:
-            fn()
-            signal.alarm(0)
-            print("ok %s" % name, flush=True)
-            passed += 1
-        except BaseException as ex:
-            signal.alarm(0)
-            if isinstance(ex, KeyboardInterrupt):
-                raise
-            msg = str(ex) or type(ex).__name__
-            if not isinstance(ex, (AssertionError, TestTimeout)):
-                msg = "%s: %s" % (type(ex).__name__, msg)
-            msg = " ".join(msg.split())
-            print("FAIL %s: %s" % (name, msg[:2000]), flush=True)
-            failed += 1
-    print("%s: %d passed, %d failed" % (LABEL, passed, failed), flush=True)
-    return 1 if failed else 0
-
+    return e2e.run_tests(TESTS, LABEL, TEST_TIMEOUT, cut=2000)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -66,9 +66,6 @@ RELOADED = r"notice: reloaded "
 RELOAD_FAILED = r"error: reload (?:failed|refused)"
 
 
-class TestTimeout(Exception):
-    pass
-
 
 TESTS = []
 
@@ -1597,38 +1594,8 @@ def proxy_protocol_tls():
 
 # ------------------------------------------------------------------ main
 
-def _alarm(signum, frame):
-    raise TestTimeout("test took longer than %ds" % TEST_TIMEOUT)
-
-
 def main():
-    filt = sys.argv[1] if len(sys.argv) > 1 else ""
-    signal.signal(signal.SIGALRM, _alarm)
-    passed = failed = 0
-    t0 = time.monotonic()
-    for name, fn in TESTS:
-        if filt not in name:
-            continue
-        signal.alarm(TEST_TIMEOUT)
-        try:
-            fn()
-            signal.alarm(0)
-            print("ok %s" % name, flush=True)
-            passed += 1
-        except BaseException as ex:
-            signal.alarm(0)
-            if isinstance(ex, KeyboardInterrupt):
-                raise
-            msg = str(ex) or type(ex).__name__
-            if not isinstance(ex, (AssertionError, TestTimeout)):
-                msg = "%s: %s" % (type(ex).__name__, msg)
-            msg = " ".join(msg.split())
-            print("FAIL %s: %s" % (name, msg[:1500]), flush=True)
-            failed += 1
-    info("%s: %.1fs" % (LABEL, time.monotonic() - t0))
-    print("%s: %d passed, %d failed" % (LABEL, passed, failed), flush=True)
-    return 1 if failed else 0
-
+    return e2e.run_tests(TESTS, LABEL, TEST_TIMEOUT)
 
 if __name__ == "__main__":
     sys.exit(main())

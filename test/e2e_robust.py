@@ -1507,18 +1507,9 @@ def newbug_idle_tunnels_hold_buffers():
 
 # ------------------------------------------------------------------ main
 
-class TestTimeout(Exception):
-    pass
-
-
-def _alarm(signum, frame):
-    raise TestTimeout("test took longer than %ds" % TEST_TIMEOUT)
-
 
 def main():
     filt = sys.argv[1] if len(sys.argv) > 1 else ""
-    signal.signal(signal.SIGALRM, _alarm)
-    passed = failed = 0
     tests = list(TESTS)
     if os.environ.get("E2E_ROBUST_NEWBUGS") == "1" or (
             filt and any(filt in n for n, _ in NEWBUGS)):
@@ -1526,28 +1517,7 @@ def main():
     elif NEWBUGS:
         info("%d tests of open bugs not run (%s); E2E_ROBUST_NEWBUGS=1 "
              "runs them" % (len(NEWBUGS), ", ".join(n for n, _ in NEWBUGS)))
-    for name, fn in tests:
-        if filt not in name:
-            continue
-        signal.alarm(TEST_TIMEOUT)
-        try:
-            fn()
-            signal.alarm(0)
-            print("ok %s" % name, flush=True)
-            passed += 1
-        except BaseException as ex:
-            signal.alarm(0)
-            if isinstance(ex, KeyboardInterrupt):
-                raise
-            msg = str(ex) or type(ex).__name__
-            if not isinstance(ex, (AssertionError, TestTimeout)):
-                msg = "%s: %s" % (type(ex).__name__, msg)
-            msg = " ".join(msg.split())
-            print("FAIL %s: %s" % (name, msg[:1500]), flush=True)
-            failed += 1
-    print("e2e_robust: %d passed, %d failed" % (passed, failed), flush=True)
-    return 1 if failed else 0
-
+    return E.run_tests(tests, "e2e_robust", TEST_TIMEOUT)
 
 if __name__ == "__main__":
     sys.exit(main())

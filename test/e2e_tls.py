@@ -51,9 +51,6 @@ HEADER_TIMEOUT = 2.0        # E.DEFAULT_PROXY's header_timeout
 CLOSE_SLACK = 1.0           # timer granularity on top of a timeout
 
 
-class TestTimeout(Exception):
-    pass
-
 
 # ------------------------------------------------------------ certificates
 
@@ -969,40 +966,12 @@ def tls_config_errors():
 
 # ------------------------------------------------------------------ main
 
-def _alarm(signum, frame):
-    raise TestTimeout("test took longer than %ds" % TEST_TIMEOUT)
-
-
 def main():
-    filt = sys.argv[1] if len(sys.argv) > 1 else ""
-    signal.signal(signal.SIGALRM, _alarm)
-    passed = failed = 0
     try:
-        for name, fn in TESTS:
-            if filt not in name:
-                continue
-            signal.alarm(TEST_TIMEOUT)
-            try:
-                fn()
-                signal.alarm(0)
-                print("ok %s" % name, flush=True)
-                passed += 1
-            except BaseException as ex:
-                signal.alarm(0)
-                if isinstance(ex, KeyboardInterrupt):
-                    raise
-                msg = str(ex) or type(ex).__name__
-                if not isinstance(ex, (AssertionError, TestTimeout)):
-                    msg = "%s: %s" % (type(ex).__name__, msg)
-                msg = " ".join(msg.split())
-                print("FAIL %s: %s" % (name, msg[:1500]), flush=True)
-                failed += 1
+        return E.run_tests(TESTS, "e2e_tls", TEST_TIMEOUT)
     finally:
         if _certs is not None:
             _certs.tmp.remove()
-    print("e2e_tls: %d passed, %d failed" % (passed, failed), flush=True)
-    return 1 if failed else 0
-
 
 if __name__ == "__main__":
     sys.exit(main())
