@@ -159,6 +159,8 @@ struct idle {
 	uint32_t gen;
 	struct server *srv;
 	int64_t since;
+	int prev, next;		/* its server's list, newest first; or the
+				   free list (next only); -1 ends a list */
 };
 
 /* pollfd owners are index * 8 + kind (O_* in proxy.h). */
@@ -174,6 +176,26 @@ static struct conn *conns;
 static int *free_conns, nfree_conns, nactive;
 static struct idle *idles;
 static int nidles;
+static int idle_freel = -1;	/* free entries, linked through next */
+
+/*
+ * Deadlines are not kept sorted: the table is walked only when the
+ * earliest deadline known may have come. Whatever can bring a deadline
+ * nearer (conn_update after every event, idle_put) lowers timer_next;
+ * progress only pushes deadlines later, which the next walk finds. So a
+ * busy loop walks the table about once per shortest timeout instead of
+ * on every turn. TIMER_WALK_MS bounds the harm of a missed note.
+ */
+#define TIMER_WALK_MS	1000
+static int64_t timer_next;	/* no deadline falls before this */
+static int64_t timer_walked;	/* when the table was last walked */
+
+static void
+timer_note(int64_t d)
+{
+	if (d < timer_next)
+		timer_next = d;
+}
 static struct pollfd *pfd;
 static int *owner;
 static int npfd;
@@ -767,6 +789,27 @@ loop_server_index(const struct server *s)
 
 /* ----------------------------------------------------- idle upstreams */
 
+/* Unlink an entry from its server's list and put it on the free list. */
+static void
+idle_unlink(struct idle *e)
+{
+	struct server *s = e->srv;
+
+	if (e->prev != -1)
+		idles[e->prev].next = e->next;
+	else
+		s->idle_top = e->next + 1;
+	if (e->next != -1)
+		idles[e->next].prev = e->prev;
+	s->idle--;
+	e->fd = -1;
+	e->tls = NULL;
+	e->gen++;
+	e->prev = -1;
+	e->next = idle_freel;
+	idle_freel = (int)(e - idles);
+}
+
 static void
 idle_close(struct idle *e)
 {
@@ -774,33 +817,34 @@ idle_close(struct idle *e)
 	close(e->fd);
 	if (e->tls != NULL)
 		tls_release(e->tls);
-	e->tls = NULL;
-	e->srv->idle--;
-	e->fd = -1;
-	e->gen++;
+	idle_unlink(e);
 }
 
 static void
 idle_put(struct server *s, int fd, struct tls *t)
 {
+	struct idle *e;
 	int i;
 
-	if (s->idle < IDLE_PER_SERVER && !draining) {
-		for (i = 0; i < nidles; i++) {
-			struct idle *e = &idles[i];
-
-			if (e->fd != -1)
-				continue;
-			e->fd = fd;
-			e->tls = t;
-			e->srv = s;
-			e->since = now;
-			e->slot = loop_watch(fd, O_IDLE, i);
-			/* Any event on an idle upstream (data, EOF) ends it. */
-			pfd[e->slot].events = POLLIN;
-			s->idle++;
-			return;
-		}
+	if (s->idle < IDLE_PER_SERVER && !draining && idle_freel != -1) {
+		i = idle_freel;
+		e = &idles[i];
+		idle_freel = e->next;
+		e->fd = fd;
+		e->tls = t;
+		e->srv = s;
+		e->since = now;
+		e->slot = loop_watch(fd, O_IDLE, i);
+		/* Any event on an idle upstream (data, EOF) ends it. */
+		pfd[e->slot].events = POLLIN;
+		e->prev = -1;
+		e->next = s->idle_top - 1;
+		if (e->next != -1)
+			idles[e->next].prev = i;
+		s->idle_top = i + 1;
+		s->idle++;
+		timer_note(e->since + cfg.idle_timeout_ms);
+		return;
 	}
 	close(fd);
 	if (t != NULL)
@@ -816,30 +860,21 @@ idle_put(struct server *s, int fd, struct tls *t)
 static int
 idle_take(struct server *s, struct tls **t)
 {
-	struct idle *best;
+	struct idle *e;
 	char b;
-	int i, fd;
+	int fd;
 
-	while (s->idle > 0) {
-		best = NULL;
-		for (i = 0; i < nidles; i++)
-			if (idles[i].fd != -1 && idles[i].srv == s &&
-			    (best == NULL || idles[i].since > best->since))
-				best = &idles[i];
-		if (best == NULL)
-			return -1;
-		fd = best->fd;
+	while (s->idle_top != 0) {
+		e = &idles[s->idle_top - 1];
+		fd = e->fd;
 		if (recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) == -1 &&
 		    (errno == EAGAIN || errno == EWOULDBLOCK)) {
-			loop_unwatch(best->slot);
-			*t = best->tls;
-			best->tls = NULL;
-			best->fd = -1;
-			best->gen++;
-			s->idle--;
+			loop_unwatch(e->slot);
+			*t = e->tls;
+			idle_unlink(e);
 			return fd;
 		}
-		idle_close(best);
+		idle_close(e);
 	}
 	return -1;
 }
@@ -879,6 +914,7 @@ u_send(struct conn *c, const void *p, size_t n)
 /* ------------------------------------------------------ session setup */
 
 static void conn_update(struct conn *c);
+static int64_t conn_deadline(const struct conn *c);
 static void client_flush(struct conn *c);
 static void up_flush(struct conn *c);
 static void head_step(struct conn *c);
@@ -2925,6 +2961,7 @@ conn_update(struct conn *c)
 
 	if (c->cstate == C_FREE)
 		return;
+	timer_note(conn_deadline(c));
 	if (c->cstate == C_TUNNEL && (c->flags & F_UEOF) && c->rfwd == 0 &&
 	    (c->ufd == -1 || ((c->flags & F_CEOF) && c->qfwd == 0))) {
 		conn_close(c);
@@ -3047,13 +3084,15 @@ conn_expire(struct conn *c)
 		conn_update(c);
 }
 
-/* Fire expired deadlines; return the poll timeout to the nearest one. */
-static int
-run_timers(void)
+/* Walk the table: fire expired deadlines and find the nearest one. */
+static void
+timers_walk(void)
 {
-	int64_t next = now + 60000, d;
+	int64_t d;
 	long i;
 
+	timer_next = now + 60000;
+	timer_walked = now;
 	for (i = 0; i < cfg.max_connections; i++) {
 		struct conn *c = &conns[i];
 
@@ -3065,11 +3104,8 @@ run_timers(void)
 			if (c->cstate == C_FREE)
 				continue;
 			d = conn_deadline(c);
-			if (d <= now)
-				d = now + 10;
 		}
-		if (d < next)
-			next = d;
+		timer_note(d);
 	}
 	for (i = 0; i < nidles; i++) {
 		struct idle *e = &idles[i];
@@ -3077,13 +3113,26 @@ run_timers(void)
 		if (e->fd == -1)
 			continue;
 		d = e->since + cfg.idle_timeout_ms;
-		if (d <= now) {
+		if (d <= now)
 			idle_close(e);
-			continue;
-		}
-		if (d < next)
-			next = d;
+		else
+			timer_note(d);
 	}
+	/* Expired and still there (an error page being sent, say): look
+	 * again shortly, not on every turn. */
+	if (timer_next <= now)
+		timer_next = now + 10;
+}
+
+/* Fire expired deadlines; return the poll timeout to the nearest one. */
+static int
+run_timers(void)
+{
+	int64_t next, d;
+
+	if (now >= timer_next || now - timer_walked >= TIMER_WALK_MS)
+		timers_walk();
+	next = timer_next;
 	if (!draining) {
 		d = bal_checks_run(&cfg, now);
 		if (d < next)
@@ -3820,8 +3869,12 @@ reserve(void)
 		conns[i].cslot = conns[i].uslot = -1;
 		free_conns[nfree_conns++] = (int)(nconn - 1 - i);
 	}
-	for (i = 0; i < nidles; i++)
+	for (i = nidles - 1; i >= 0; i--) {
 		idles[i].fd = -1;
+		idles[i].prev = -1;
+		idles[i].next = idle_freel;
+		idle_freel = (int)i;
+	}
 	for (i = 0; i < cfg.buffers; i++)
 		pool[pool_free++] = pool_mem + (size_t)i * bufsz;
 	for (i = 0; i < nlisten; i++)

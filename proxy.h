@@ -190,6 +190,7 @@ struct server {
 	int weight;
 	int cur;		/* smooth weighted round-robin state */
 	int idle;		/* idle upstream connections held */
+	int idle_top;		/* 1 + newest idle entry (proxy.c), 0: none */
 	int active;		/* sessions using it now */
 	int64_t down_until;	/* passive failure: out until then (ms) */
 	uint8_t check_down;	/* the last active check failed */
