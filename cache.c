@@ -198,12 +198,12 @@ is_tchar(unsigned char c)
 
 /* The first value of a field, or NULL. */
 static const struct slice *
-hdr(const struct http_msg *m, const char *name)
+hdr(const struct http_msg *m, int id)
 {
 	int i;
 
 	for (i = 0; i < m->nh; i++)
-		if (slice_eq(m->h[i].name, name))
+		if (m->h[i].id == id)
 			return &m->h[i].value;
 	return NULL;
 }
@@ -373,11 +373,11 @@ http_date(struct slice v, int64_t *t)
 }
 
 static int
-hdr_date(const struct http_msg *m, const char *name, int64_t *t)
+hdr_date(const struct http_msg *m, int id, int64_t *t)
 {
 	const struct slice *v;
 
-	v = hdr(m, name);
+	v = hdr(m, id);
 	return v != NULL && http_date(*v, t) == 0;
 }
 
@@ -510,7 +510,7 @@ cc_parse(const struct http_msg *m, struct cc *cc)
 
 	memset(cc, 0, sizeof(*cc));
 	for (i = 0; i < m->nh; i++)
-		if (slice_eq(m->h[i].name, "cache-control")) {
+		if (m->h[i].id == HN_CACHE_CONTROL) {
 			cc->f |= CC_PRESENT;
 			cc_parse_value(cc, m->h[i].value);
 		}
@@ -525,7 +525,7 @@ pragma_no_cache(const struct http_msg *m)
 	int i;
 
 	for (i = 0; i < m->nh; i++) {
-		if (!slice_eq(m->h[i].name, "pragma"))
+		if (m->h[i].id != HN_PRAGMA)
 			continue;
 		off = 0;
 		while (list_el(m->h[i].value, &off, &el))
@@ -582,9 +582,9 @@ meta_compute(const struct http_msg *r, int st, const struct http_msg *am,
 	memset(mt, 0, sizeof(*mt));
 	cc_parse(r, &mt->cc);
 	/* 4.2.1: no Date means the time it was received. */
-	if (!hdr_date(r, "date", &date))
+	if (!hdr_date(r, HN_DATE, &date))
 		date = resp_time;
-	have_lm = hdr_date(r, "last-modified", &lm);
+	have_lm = hdr_date(r, HN_LAST_MODIFIED, &lm);
 	life = 0;
 	if (mt->cc.f & CC_S_MAXAGE) {
 		/* 5.2.2.10: a shared cache's own max-age; wins (4.2.1). */
@@ -593,7 +593,7 @@ meta_compute(const struct http_msg *r, int st, const struct http_msg *am,
 	} else if (mt->cc.f & CC_MAX_AGE) {
 		life = mt->cc.max_age;
 		mt->expl = 1;
-	} else if ((v = hdr(r, "expires")) != NULL) {
+	} else if ((v = hdr(r, HN_EXPIRES)) != NULL) {
 		/* 5.3: an invalid Expires ("0") means already expired. */
 		mt->expl = 1;
 		life = http_date(*v, &exp) == 0 ? exp - date : 0;
@@ -606,9 +606,9 @@ meta_compute(const struct http_msg *r, int st, const struct http_msg *am,
 	mt->lifetime = clamp(life);
 
 	/* 4.2.3 */
-	if (!hdr_date(am, "date", &adate))
+	if (!hdr_date(am, HN_DATE, &adate))
 		adate = resp_time;
-	v = hdr(am, "age");
+	v = hdr(am, HN_AGE);
 	age_value = v != NULL ? delta(v->p, v->n) : 0;
 	apparent = resp_time - adate > 0 ? resp_time - adate : 0;
 	delay = resp_time - req_time > 0 ? resp_time - req_time : 0;
@@ -619,7 +619,7 @@ meta_compute(const struct http_msg *r, int st, const struct http_msg *am,
 		mt->flags |= O_REVAL;
 	if (mt->cc.f & CC_NO_CACHE)
 		mt->flags |= O_NOCACHE;
-	if (hdr(r, "etag") != NULL || have_lm)
+	if (hdr(r, HN_ETAG) != NULL || have_lm)
 		mt->flags |= O_VALID;
 }
 
@@ -652,14 +652,14 @@ storable(const struct http_msg *req, const struct http_msg *resp,
 	if (rq.f & CC_NO_STORE)		/* 5.2.1.5 */
 		return 0;
 	/* 3.5: an answer to credentials is that user's, unless it says. */
-	if (hdr(req, "authorization") != NULL &&
+	if (hdr(req, HN_AUTHORIZATION) != NULL &&
 	    !(mt->cc.f & (CC_PUBLIC | CC_S_MAXAGE | CC_MUST_REVAL)))
 		return 0;
 	/*
 	 * A cookie handed to one client must not be handed to the next;
 	 * stricter than RFC 9111, which leaves this to the origin.
 	 */
-	if (hdr(resp, "set-cookie") != NULL &&
+	if (hdr(resp, HN_SET_COOKIE) != NULL &&
 	    !(mt->cc.f & (CC_PUBLIC | CC_S_MAXAGE)))
 		return 0;
 	/* Never usable without asking, and nothing to ask with: useless. */
@@ -1058,7 +1058,7 @@ vary_build(const struct http_msg *resp, const struct http_msg *req,
 	int i, v;
 
 	for (i = 0; i < resp->nh; i++) {
-		if (!slice_eq(resp->h[i].name, "vary"))
+		if (resp->h[i].id != HN_VARY)
 			continue;
 		off = 0;
 		while (list_el(resp->h[i].value, &off, &el)) {
@@ -1339,16 +1339,16 @@ not_modified(const struct obj *o, const struct http_msg *m)
 	int i, inm = 0;
 
 	for (i = 0; i < m->nh; i++)
-		if (slice_eq(m->h[i].name, "if-none-match"))
+		if (m->h[i].id == HN_IF_NONE_MATCH)
 			inm = 1;
-	if (!inm && !hdr_date(m, "if-modified-since", &ims))
+	if (!inm && !hdr_date(m, HN_IF_MODIFIED_SINCE, &ims))
 		return 0;
 	if (head_load(o) != 0)
 		return 0;
 	if (inm) {
-		etag = hdr(C.msg, "etag");
+		etag = hdr(C.msg, HN_ETAG);
 		for (i = 0; i < m->nh; i++) {
-			if (!slice_eq(m->h[i].name, "if-none-match"))
+			if (m->h[i].id != HN_IF_NONE_MATCH)
 				continue;
 			off = 0;
 			while (etag_next(m->h[i].value, &off, &el))
@@ -1358,8 +1358,8 @@ not_modified(const struct obj *o, const struct http_msg *m)
 		}
 		return 0;
 	}
-	if (!hdr_date(C.msg, "last-modified", &lm) &&
-	    !hdr_date(C.msg, "date", &lm))
+	if (!hdr_date(C.msg, HN_LAST_MODIFIED, &lm) &&
+	    !hdr_date(C.msg, HN_DATE, &lm))
 		lm = o->resp_time;
 	return lm <= ims;
 }
@@ -1390,10 +1390,10 @@ cond_build(const struct obj *o, char *cond, size_t cap)
 
 	if (cap == 0 || head_load(o) != 0)
 		return -1;
-	if ((v = hdr(C.msg, "etag")) != NULL &&
+	if ((v = hdr(C.msg, HN_ETAG)) != NULL &&
 	    cond_put(cond, cap, &n, "If-None-Match: ", *v) != 0)
 		return -1;
-	if ((v = hdr(C.msg, "last-modified")) != NULL &&
+	if ((v = hdr(C.msg, HN_LAST_MODIFIED)) != NULL &&
 	    http_date(*v, &t) == 0 &&
 	    cond_put(cond, cap, &n, "If-Modified-Since: ", *v) != 0)
 		return -1;
@@ -1516,12 +1516,11 @@ miss:
 
 /* Fields a 304 carries over from the 200 it stands for (RFC 9110 15.4.5). */
 static int
-keep_in_304(struct slice name)
+keep_in_304(int id)
 {
-	return slice_eq(name, "cache-control") ||
-	    slice_eq(name, "content-location") || slice_eq(name, "date") ||
-	    slice_eq(name, "etag") || slice_eq(name, "expires") ||
-	    slice_eq(name, "vary") || slice_eq(name, "last-modified");
+	return id == HN_CACHE_CONTROL || id == HN_CONTENT_LOCATION ||
+	    id == HN_DATE || id == HN_ETAG || id == HN_EXPIRES ||
+	    id == HN_VARY || id == HN_LAST_MODIFIED;
 }
 
 /*
@@ -1541,10 +1540,9 @@ head_write(const struct obj *ob, const struct cache_ref *ref,
 	if (head_load(ob) != 0)
 		return -1;
 	for (i = j = 0; i < m->nh; i++) {
-		if (slice_eq(m->h[i].name, "age") ||
-		    slice_eq(m->h[i].name, "x-cache"))
+		if (m->h[i].id == HN_AGE || m->h[i].id == HN_X_CACHE)
 			continue;
-		if (ref->what == CACHE_NOTMOD && !keep_in_304(m->h[i].name))
+		if (ref->what == CACHE_NOTMOD && !keep_in_304(m->h[i].id))
 			continue;
 		m->h[j++] = m->h[i];
 	}
@@ -1553,8 +1551,10 @@ head_write(const struct obj *ob, const struct cache_ref *ref,
 	n = snprintf(C.agebuf, sizeof(C.agebuf), "%u", (unsigned)ref->age);
 	xc = ref->what == CACHE_STALE ? "REVALIDATED" : "HIT";
 	m->h[j].name = mksl("Age", 3);
+	m->h[j].id = HN_AGE;
 	m->h[j++].value = mksl(C.agebuf, (size_t)n);
 	m->h[j].name = mksl("X-Cache", 7);
+	m->h[j].id = HN_X_CACHE;
 	m->h[j++].value = mksl(xc, strlen(xc));
 	m->nh = j;
 	if (ref->what == CACHE_NOTMOD) {
@@ -1857,16 +1857,20 @@ cache_store_end(int id, int complete)
  * about the connection it came on rather than the response.
  */
 static int
-not_updated(struct slice name)
+not_updated(int id)
 {
-	static const char *const names[] = { "content-length",
-	    "transfer-encoding", "connection", "keep-alive", "te",
-	    "trailer", "upgrade", "proxy-connection", "x-cache", NULL };
-	int i;
-
-	for (i = 0; names[i] != NULL; i++)
-		if (slice_eq(name, names[i]))
-			return 1;
+	switch (id) {
+	case HN_CONTENT_LENGTH:
+	case HN_TRANSFER_ENCODING:
+	case HN_CONNECTION:
+	case HN_KEEP_ALIVE:
+	case HN_TE:
+	case HN_TRAILER:
+	case HN_UPGRADE:
+	case HN_PROXY_CONNECTION:
+	case HN_X_CACHE:
+		return 1;
+	}
 	return 0;
 }
 
@@ -1906,13 +1910,13 @@ merge_head(const struct http_msg *old, const char *raw,
 	for (i = 0; i < old->nh; i++) {
 		replaced = 0;
 		for (j = 0; j < r->nh && !replaced; j++)
-			replaced = !not_updated(r->h[j].name) &&
+			replaced = !not_updated(r->h[j].id) &&
 			    sl_ieq(r->h[j].name, old->h[i].name);
 		if (!replaced && put_field(out, cap, &n, &old->h[i]) != 0)
 			return -1;
 	}
 	for (j = 0; j < r->nh; j++)
-		if (!not_updated(r->h[j].name) &&
+		if (!not_updated(r->h[j].id) &&
 		    put_field(out, cap, &n, &r->h[j]) != 0)
 			return -1;
 	if (put(out, cap, &n, "\r\n", 2) != 0)
@@ -1942,8 +1946,8 @@ cache_refresh(struct cache_ref *ref, const struct http_msg *resp,
 	if (head_load(o) != 0)
 		return -1;
 	/* 4.3.4: a 304 naming another ETag is about another response. */
-	new_tag = hdr(resp, "etag");
-	old_tag = hdr(C.msg, "etag");
+	new_tag = hdr(resp, HN_ETAG);
+	old_tag = hdr(C.msg, HN_ETAG);
 	if (new_tag != NULL && old_tag != NULL &&
 	    !etag_weak_eq(*new_tag, *old_tag))
 		return -1;

@@ -38,10 +38,11 @@ static const char hexdig[] = "0123456789ABCDEF";
 static int
 is_tchar(unsigned char c)
 {
-	if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-	    (c >= '0' && c <= '9'))
-		return 1;
-	return c != '\0' && strchr("!#$%&'*+-.^_`|~", c) != NULL;
+	/* A bit per byte: ALPHA, DIGIT and !#$%&'*+-.^_`|~ set. */
+	static const uint32_t map[8] = { 0x00000000, 0x03ff6cfa,
+	    0xc7fffffe, 0x57ffffff };
+
+	return (map[c >> 5] >> (c & 31)) & 1;
 }
 
 /* Controls that may never appear in a head (HTAB is legal in values). */
@@ -214,6 +215,78 @@ is_host(struct slice s)
 }
 
 /*
+ * Which known field a name is. By length first: most names are rejected
+ * there or at their first byte, without a string compare.
+ */
+int
+http_field_id(const char *p, size_t n)
+{
+#define IS(lit, id) if (mem_ieq(p, lit, n)) return id
+	switch (n) {
+	case 2:
+		IS("te", HN_TE);
+		break;
+	case 3:
+		IS("age", HN_AGE);
+		break;
+	case 4:
+		IS("host", HN_HOST);
+		IS("vary", HN_VARY);
+		IS("date", HN_DATE);
+		IS("etag", HN_ETAG);
+		break;
+	case 6:
+		IS("accept", HN_ACCEPT);
+		IS("expect", HN_EXPECT);
+		IS("pragma", HN_PRAGMA);
+		break;
+	case 7:
+		IS("upgrade", HN_UPGRADE);
+		IS("trailer", HN_TRAILER);
+		IS("expires", HN_EXPIRES);
+		IS("x-cache", HN_X_CACHE);
+		IS("referer", HN_REFERER);
+		break;
+	case 8:
+		IS("location", HN_LOCATION);
+		break;
+	case 9:
+		IS("forwarded", HN_FORWARDED);
+		break;
+	case 10:
+		IS("connection", HN_CONNECTION);
+		IS("keep-alive", HN_KEEP_ALIVE);
+		IS("set-cookie", HN_SET_COOKIE);
+		IS("user-agent", HN_USER_AGENT);
+		break;
+	case 13:
+		IS("cache-control", HN_CACHE_CONTROL);
+		IS("authorization", HN_AUTHORIZATION);
+		IS("if-none-match", HN_IF_NONE_MATCH);
+		IS("last-modified", HN_LAST_MODIFIED);
+		break;
+	case 14:
+		IS("content-length", HN_CONTENT_LENGTH);
+		break;
+	case 15:
+		IS("x-forwarded-for", HN_X_FORWARDED_FOR);
+		break;
+	case 16:
+		IS("x-forwarded-host", HN_X_FORWARDED_HOST);
+		IS("content-location", HN_CONTENT_LOCATION);
+		IS("proxy-connection", HN_PROXY_CONNECTION);
+		break;
+	case 17:
+		IS("transfer-encoding", HN_TRANSFER_ENCODING);
+		IS("x-forwarded-proto", HN_X_FORWARDED_PROTO);
+		IS("if-modified-since", HN_IF_MODIFIED_SINCE);
+		break;
+	}
+	return HN_OTHER;
+#undef IS
+}
+
+/*
  * Yield the next element of a comma-separated list (RFC 9110 5.6.1), OWS
  * trimmed. *off starts at 0. Empty elements are yielded too (n == 0): the
  * caller decides whether they are harmless (Connection) or an error
@@ -263,6 +336,8 @@ head_scan(const char *buf, size_t len, size_t *hl)
 		return -1;
 	for (i = 0; i < len; i++) {
 		c = buf[i];
+		if (c >= 0x20 && c != 0x7f)
+			continue;	/* most bytes: nothing to check */
 		if (c == '\n') {
 			if (i == 0 || buf[i - 1] != '\r')
 				return -1;
@@ -327,6 +402,7 @@ parse_fields(const char *p, const char *end, struct http_msg *m)
 			return -2;
 		h = &m->h[m->nh++];
 		h->name = mkslice(p, (size_t)(q - p));
+		h->id = http_field_id(p, (size_t)(q - p));
 		h->value = trim(q + 1, (size_t)(eol - q - 1));
 		p = eol + 2;
 	}
@@ -399,6 +475,8 @@ conn_add(struct http_msg *m, struct slice v, int *upgrade)
 			m->flags |= HF_KEEPALIVE;
 		else if (slice_eq(el, "upgrade"))
 			*upgrade = 1;
+		else
+			m->flags |= HF_CONNOPT;
 	}
 	return 0;
 }
@@ -421,7 +499,8 @@ check_fields(struct http_msg *m, int req)
 	nhost = ncl = nte = upgrade_hdr = conn_upgrade = 0;
 	for (i = 0; i < m->nh; i++) {
 		h = &m->h[i];
-		if (slice_eq(h->name, "content-length")) {
+		switch (h->id) {
+		case HN_CONTENT_LENGTH:
 			/*
 			 * Even identical duplicates are refused: "5, 5" or two
 			 * lines are read as one value by some and as an error
@@ -429,27 +508,37 @@ check_fields(struct http_msg *m, int req)
 			 */
 			if (++ncl > 1 || parse_clen(h->value, &m->clen) != 0)
 				return -1;
-		} else if (slice_eq(h->name, "transfer-encoding")) {
+			break;
+		case HN_TRANSFER_ENCODING:
 			nte++;
 			if (te_add(&te, h->value) != 0)
 				return -1;
-		} else if (slice_eq(h->name, "connection")) {
+			break;
+		case HN_CONNECTION:
 			if (conn_add(m, h->value, &conn_upgrade) != 0)
 				return -1;
-		} else if (slice_eq(h->name, "upgrade")) {
+			break;
+		case HN_UPGRADE:
 			upgrade_hdr = 1;
-		} else if (req && slice_eq(h->name, "host")) {
-			nhost++;
-			host = h->value;
-		} else if (req && slice_eq(h->name, "expect")) {
+			break;
+		case HN_HOST:
+			if (req) {
+				nhost++;
+				host = h->value;
+			}
+			break;
+		case HN_EXPECT:
 			/*
 			 * We only know 100-continue, and answer it ourselves;
 			 * RFC 9110 10.1.1 says to ignore it from HTTP/1.0.
 			 */
+			if (!req)
+				break;
 			if (!slice_eq(h->value, "100-continue"))
 				return -1;
 			if (m->minor == 1)
 				m->flags |= HF_EXPECT100;
+			break;
 		}
 	}
 
@@ -909,20 +998,23 @@ wend(struct wbuf *w)
 	return (int)w->n;
 }
 
-/* Does any Connection header of m list name as an option? */
+/* Does any Connection header of m list h's name as an option? */
 static int
-conn_listed(const struct http_msg *m, struct slice name)
+conn_listed(const struct http_msg *m, const struct http_hdr *h)
 {
 	struct slice el;
 	uint32_t off;
 	int i;
 
+	/* The common cases, without a walk: no options but close. */
+	if (!(m->flags & HF_CONNOPT))
+		return (m->flags & HF_CLOSE) && slice_eq(h->name, "close");
 	for (i = 0; i < m->nh; i++) {
-		if (!slice_eq(m->h[i].name, "connection"))
+		if (m->h[i].id != HN_CONNECTION)
 			continue;
 		off = 0;
 		while (list_next(m->h[i].value, &off, &el))
-			if (slice_ieq(el, name))
+			if (slice_ieq(el, h->name))
 				return 1;
 	}
 	return 0;
@@ -935,10 +1027,10 @@ conn_listed(const struct http_msg *m, struct slice name)
  * RFC 9110 7.6.1 forbids listing end-to-end fields as options anyway.
  */
 static int
-is_framing(struct slice name)
+is_framing(const struct http_hdr *h)
 {
-	return slice_eq(name, "content-length") ||
-	    slice_eq(name, "transfer-encoding") || slice_eq(name, "host");
+	return h->id == HN_CONTENT_LENGTH || h->id == HN_TRANSFER_ENCODING ||
+	    h->id == HN_HOST;
 }
 
 /*
@@ -946,15 +1038,19 @@ is_framing(struct slice name)
  * names the one listed field that survives (Upgrade while upgrading).
  */
 static int
-is_hop(const struct http_msg *m, struct slice name, int keep_upgrade)
+is_hop(const struct http_msg *m, const struct http_hdr *h, int keep_upgrade)
 {
-	if (slice_eq(name, "connection") || slice_eq(name, "keep-alive") ||
-	    slice_eq(name, "te") || slice_eq(name, "trailer") ||
-	    slice_eq(name, "proxy-connection"))
+	switch (h->id) {
+	case HN_CONNECTION:
+	case HN_KEEP_ALIVE:
+	case HN_TE:
+	case HN_TRAILER:
+	case HN_PROXY_CONNECTION:
 		return 1;
-	if (slice_eq(name, "upgrade"))
+	case HN_UPGRADE:
 		return !keep_upgrade;
-	return conn_listed(m, name) && !is_framing(name);
+	}
+	return conn_listed(m, h) && !is_framing(h);
 }
 
 /*
@@ -963,11 +1059,12 @@ is_hop(const struct http_msg *m, struct slice name, int keep_upgrade)
  * and Expect (we answer 100-continue ourselves, RFC 9110 10.1.1).
  */
 static int
-req_drop(const struct http_msg *m, struct slice name)
+req_drop(const struct http_msg *m, const struct http_hdr *h)
 {
-	if (slice_prefix(name, "proxy-") || slice_eq(name, "expect"))
+	if (h->id == HN_EXPECT || (h->name.n > 6 && lower(h->name.p[0]) == 'p' &&
+	    slice_prefix(h->name, "proxy-")))
 		return 1;
-	return is_hop(m, name, m->flags & HF_UPGRADE);
+	return is_hop(m, h, m->flags & HF_UPGRADE);
 }
 
 int
@@ -1003,31 +1100,41 @@ http_write_request(char *out, size_t cap, const struct http_msg *m,
 	xff = xfp = xfh = 0;
 	for (i = 0; i < m->nh; i++) {
 		h = &m->h[i];
-		if (req_drop(m, h->name))
+		if (req_drop(m, h))
 			continue;
-		if ((m->flags & HF_ABSOLUTE) && slice_eq(h->name, "host"))
-			continue;
+		switch (h->id) {
+		case HN_HOST:
+			/* RFC 9112 3.2.2: the absolute-form authority wins. */
+			if (m->flags & HF_ABSOLUTE)
+				continue;
+			break;
 		/*
 		 * X-Forwarded-* from an untrusted client are lies waiting to
 		 * be believed by the backend's access control: drop them.
 		 */
-		if (slice_eq(h->name, "x-forwarded-for")) {
+		case HN_X_FORWARDED_FOR:
 			xff = 1;	/* merged into one line below */
 			continue;
-		}
-		if (slice_eq(h->name, "x-forwarded-proto")) {
+		case HN_X_FORWARDED_PROTO:
 			if (!f->trusted)
 				continue;
 			xfp = 1;
-		} else if (slice_eq(h->name, "x-forwarded-host")) {
+			break;
+		case HN_X_FORWARDED_HOST:
 			if (!f->trusted)
 				continue;
 			xfh = 1;
-		} else if (slice_eq(h->name, "forwarded") && !f->trusted)
-			continue;
-		/* Credentials checked by the proxy stay with the proxy. */
-		if (f->drop_auth && slice_eq(h->name, "authorization"))
-			continue;
+			break;
+		case HN_FORWARDED:
+			if (!f->trusted)
+				continue;
+			break;
+		case HN_AUTHORIZATION:
+			/* Credentials checked by the proxy stay with it. */
+			if (f->drop_auth)
+				continue;
+			break;
+		}
 		put_field(&w, h->name, h->value);
 	}
 
@@ -1035,9 +1142,8 @@ http_write_request(char *out, size_t cap, const struct http_msg *m,
 	if (xff && f->trusted) {
 		for (i = 0; i < m->nh; i++) {
 			h = &m->h[i];
-			if (h->value.n == 0 ||
-			    !slice_eq(h->name, "x-forwarded-for") ||
-			    req_drop(m, h->name))
+			if (h->value.n == 0 || h->id != HN_X_FORWARDED_FOR ||
+			    req_drop(m, h))
 				continue;
 			put_slice(&w, h->value);
 			put(&w, ", ", 2);
@@ -1179,12 +1285,12 @@ http_write_response(char *out, size_t cap, const struct http_msg *m,
 	put(&w, "\r\n", 2);
 	for (i = 0; i < m->nh; i++) {
 		h = &m->h[i];
-		if (is_hop(m, h->name, up))
+		if (is_hop(m, h, up))
 			continue;
-		if (is_hidden(o->hide, h->name) && !is_framing(h->name))
+		if (is_hidden(o->hide, h->name) && !is_framing(h))
 			continue;
-		if (o->prefix != NULL && (slice_eq(h->name, "Location") ||
-		    slice_eq(h->name, "Content-Location")))
+		if (o->prefix != NULL && (h->id == HN_LOCATION ||
+		    h->id == HN_CONTENT_LOCATION))
 			put_location(&w, h->name, h->value, o);
 		else
 			put_field(&w, h->name, h->value);

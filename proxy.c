@@ -494,13 +494,13 @@ alog_quote(char *out, size_t cap, const struct slice *parts, int nparts)
 }
 
 static struct slice
-header_value(const struct http_msg *m, const char *name)
+header_value(const struct http_msg *m, int id)
 {
 	struct slice none = { "-", 1 };
 	int i;
 
 	for (i = 0; i < m->nh; i++)
-		if (slice_eq(m->h[i].name, name))
+		if (m->h[i].id == id)
 			return m->h[i].value;
 	return none;
 }
@@ -530,9 +530,9 @@ alog_begin(struct conn *c, const struct http_msg *m)
 	v[2].p = ver;
 	v[2].n = 8;
 	alog_quote(rec, ALOG_REQ, v, 3);
-	v[0] = header_value(m, "Referer");
+	v[0] = header_value(m, HN_REFERER);
 	alog_quote(rec + ALOG_REQ, (ALOG_REC - ALOG_REQ) / 2, v, 1);
-	v[0] = header_value(m, "User-Agent");
+	v[0] = header_value(m, HN_USER_AGENT);
 	len = strlen(rec + ALOG_REQ);
 	rec[ALOG_REQ + len] = ' ';
 	alog_quote(rec + ALOG_REQ + len + 1, ALOG_REC - ALOG_REQ - len - 1,
@@ -920,7 +920,7 @@ static void up_flush(struct conn *c);
 static void head_step(struct conn *c);
 static void proxy_apply(struct conn *c, const struct sockaddr_storage *ss);
 static int proxy_peek(struct conn *c);
-static struct slice header_value(const struct http_msg *m, const char *name);
+static struct slice header_value(const struct http_msg *m, int id);
 static void status_request(struct conn *c);
 static void own_close(struct conn *c);
 static void cfg_release(struct conn *c);
@@ -1505,8 +1505,8 @@ cache_try(struct conn *c, const struct route *rt)
 		/* Revalidate with our validators, unless the client sent
 		 * its own: then its backend answer is its own. */
 		for (i = 0; i < msg.nh; i++)
-			if (slice_eq(msg.h[i].name, "If-None-Match") ||
-			    slice_eq(msg.h[i].name, "If-Modified-Since"))
+			if (msg.h[i].id == HN_IF_NONE_MATCH ||
+			    msg.h[i].id == HN_IF_MODIFIED_SINCE)
 				return 0;
 		if (cache_cond[0] != '\0')
 			c->flags |= F_REVAL;
@@ -1675,7 +1675,7 @@ vary_rewritten(void)
 	int h;
 
 	for (h = 0; h < msg.nh; h++) {
-		if (!slice_eq(msg.h[h].name, "Vary"))
+		if (msg.h[h].id != HN_VARY)
 			continue;
 		v = &msg.h[h].value;
 		for (i = 0; i < v->n; i = j + 1) {
@@ -1719,8 +1719,8 @@ cache_invalidate_location(struct conn *c)
 	    http_parse_request(c->rq.d + c->rq.off, c->qfwd, &req) <= 0)
 		return;
 	for (h = 0; h < msg.nh; h++) {
-		if (!slice_eq(msg.h[h].name, "Location") &&
-		    !slice_eq(msg.h[h].name, "Content-Location"))
+		if (msg.h[h].id != HN_LOCATION &&
+		    msg.h[h].id != HN_CONTENT_LOCATION)
 			continue;
 		v = msg.h[h].value;
 		sch = scheme(c);
@@ -2273,10 +2273,10 @@ req_start(struct conn *c)
 		/* Two Authorization headers: which one would the backend
 		 * believe? Refuse rather than guess. */
 		for (i = 0; i < msg.nh; i++)
-			nauth += slice_eq(msg.h[i].name, "Authorization");
+			nauth += msg.h[i].id == HN_AUTHORIZATION;
 		if (nauth <= 1)
 			ok = acl_auth_check(cfg.routes[r].auth,
-			    header_value(&msg, "Authorization"), now);
+			    header_value(&msg, HN_AUTHORIZATION), now);
 		if (ok <= 0) {
 			send_error(c, ok == -2 ? 400 : ok < 0 ? 503 : 401);
 			return;
@@ -2515,7 +2515,7 @@ wants_json(void)
 	    memcmp(q, "?json", 5) == 0)
 		return 1;
 	for (i = 0; i < msg.nh; i++)
-		if (slice_eq(msg.h[i].name, "Accept") &&
+		if (msg.h[i].id == HN_ACCEPT &&
 		    memmem(msg.h[i].value.p, msg.h[i].value.n,
 		    "application/json", 16) != NULL)
 			return 1;

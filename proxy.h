@@ -26,9 +26,29 @@ struct slice {
 /* Most headers a message may carry; more is 431 (requests) or 502. */
 #define HTTP_MAX_HEADERS 100
 
+/*
+ * Field names the proxy acts on, recognised once by the parser so that
+ * the rules that follow compare a number, not a string, per field.
+ */
+enum {
+	HN_OTHER,
+	HN_ACCEPT, HN_AGE, HN_AUTHORIZATION, HN_CACHE_CONTROL, HN_CONNECTION,
+	HN_CONTENT_LENGTH, HN_CONTENT_LOCATION, HN_DATE, HN_ETAG, HN_EXPECT,
+	HN_EXPIRES, HN_FORWARDED, HN_HOST, HN_IF_MODIFIED_SINCE,
+	HN_IF_NONE_MATCH, HN_KEEP_ALIVE, HN_LAST_MODIFIED, HN_LOCATION,
+	HN_PRAGMA, HN_PROXY_CONNECTION, HN_REFERER, HN_SET_COOKIE, HN_TE,
+	HN_TRAILER,
+	HN_TRANSFER_ENCODING, HN_UPGRADE, HN_USER_AGENT, HN_VARY, HN_X_CACHE,
+	HN_X_FORWARDED_FOR, HN_X_FORWARDED_HOST, HN_X_FORWARDED_PROTO,
+};
+
 struct http_hdr {
 	struct slice name, value;
+	int id;			/* HN_*: which known name, if any */
 };
+
+/* The HN_* of the field name p[0..n), matched without regard to case. */
+int http_field_id(const char *p, size_t n);
 
 /* http_msg.flags: what the parser learnt about framing and connection. */
 enum {
@@ -41,6 +61,8 @@ enum {
 	HF_TE_OTHER = 1 << 6,	/* response: TE present but not chunked-final */
 	HF_ABSOLUTE = 1 << 7,	/* request target was absolute-form */
 	HF_NOBODY = 1 << 8,	/* response: no body (HEAD, 1xx, 204, 304) */
+	HF_CONNOPT = 1 << 9,	/* Connection lists an option other than
+				   close, keep-alive, upgrade */
 };
 
 /*

@@ -109,7 +109,7 @@ static const struct req_ok req_ok[] = {
 	{ "Connection close", "GET / HTTP/1.1\r\nHost: h\r\n"
 	    "Connection: close\r\n\r\n", HF_CLOSE, 0, "h", "/", 1, 2 },
 	{ "Connection keep-alive list", "GET / HTTP/1.0\r\n"
-	    "Connection: Keep-Alive, foo\r\n\r\n", HF_KEEPALIVE, 0, "", "/",
+	    "Connection: Keep-Alive, foo\r\n\r\n", HF_KEEPALIVE | HF_CONNOPT, 0, "", "/",
 	    0, 1 },
 	{ "Connection empty elements", "GET / HTTP/1.1\r\nHost: h\r\n"
 	    "Connection: , CLOSE ,,\r\n\r\n", HF_CLOSE, 0, "h", "/", 1, 2 },
