@@ -36,6 +36,7 @@
 #define LINGER_MS	2000	/* reading leftovers after a final response */
 #define DRAIN_MS	5000	/* TERM: how long in-flight requests get */
 #define IDLE_PER_SERVER	128	/* idle upstream connections kept per server */
+#define RELAY_TURNS	8	/* reads in a row for one relay (up_read) */
 #define CONNECT_MS	5000	/* connect timeout, when backend_timeout is longer */
 #define MIN_BODY_RATE	256	/* bytes/s a request body must average */
 #define RECLAIM_MS	1000	/* stalled this long, a session may lose its
@@ -2804,29 +2805,33 @@ client_read(struct conn *c)
 
 /* ------------------------------------------------------- the upstream */
 
-static void
-up_read(struct conn *c)
+/*
+ * One read from the upstream, passed on to the client. 1 when it filled
+ * all the room there was: more is likely waiting in the socket.
+ */
+static int
+up_read_once(struct conn *c)
 {
 	struct buf *b = &c->rs;
 	ssize_t n;
 	uint32_t room;
 
 	if (!buf_want(c, b))
-		return;
+		return 0;
 	if (b->len == bufsz)
 		buf_compact(b);
 	room = bufsz - b->len;
 	if (c->ustate == U_HEAD) {
 		if (b->len >= bufsz - HEAD_SLACK)
-			return;
+			return 0;
 		room -= HEAD_SLACK;
 	}
 	if (room == 0)
-		return;
+		return 0;
 	n = u_recv(c, b->d + b->len, room);
 	if (n < 0) {
 		if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
-			return;
+			return 0;
 		logmsg(LOG_WARNING, "%s: %s", c->srv->name,
 		    c->utls != NULL && errno == EPROTO ? tls_error(c->utls) :
 		    strerror(errno));
@@ -2834,7 +2839,7 @@ up_read(struct conn *c)
 	}
 	if (n == 0) {
 		up_eof(c);
-		return;
+		return 0;
 	}
 	/* The cache reads the request head when the response head comes:
 	 * keep it held until then (resp_head releases it). */
@@ -2852,7 +2857,26 @@ up_read(struct conn *c)
 		c->rfwd = b->len - b->off;
 	if (c->cstate != C_FREE)
 		client_flush(c);
+	return (uint32_t)n == room;
 }
+
+/*
+ * While the client takes all it is given, read the upstream again at
+ * once instead of after another poll(): a large body then costs a read
+ * and a write per buffer, not a loop turn. Bounded, so that one fast
+ * transfer cannot keep the loop from everyone else.
+ */
+static void
+up_read(struct conn *c)
+{
+	int turns = RELAY_TURNS;
+
+	while (up_read_once(c) && --turns > 0 && c->cstate != C_FREE &&
+	    c->ufd != -1 && (c->ustate == U_BODY || c->ustate == U_TUNNEL) &&
+	    c->rfwd == 0 && !(c->flags & (F_CBLOCK | F_CSHUT)))
+		;
+}
+
 
 /* The upstream closed (or reset) its side. */
 static void
@@ -3864,11 +3888,10 @@ reserve(void)
 	    !deferq || !pool || !pool_mem || !scratch || !pathbuf ||
 	    servers_build() == -1)
 		return -1;
-	for (i = 0; i < nconn; i++) {
-		conns[i].cfd = conns[i].ufd = -1;
-		conns[i].cslot = conns[i].uslot = -1;
+	/* Slots are left as calloc gave them (C_FREE): do_accept sets up
+	 * each one when it is first used, so untouched slots cost no RSS. */
+	for (i = 0; i < nconn; i++)
 		free_conns[nfree_conns++] = (int)(nconn - 1 - i);
-	}
 	for (i = nidles - 1; i >= 0; i--) {
 		idles[i].fd = -1;
 		idles[i].prev = -1;
