@@ -19,38 +19,37 @@ CFLAGS ?= -Os -g
 WARN = -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wshadow -Wstrict-prototypes \
 	-Wmissing-prototypes -Wno-unused-parameter -Werror
 # BearSSL and inih come from Debian's -dev packages and are linked
-# statically so a device needs neither library.
-# libcrypt (Basic auth) stays shared: it is part of every Debian system
-# and of musl's libc on devices; linked statically it would add 190 KB.
-LIBS = -Wl,-Bstatic -lbearssl -linih -Wl,-Bdynamic -lcrypt
+# statically so a device needs neither library. Basic auth hashes
+# (bcrypt, SHA-512 crypt) are acl.c's own: no libcrypt.
+LIBS = -Wl,-Bstatic -lbearssl -linih -Wl,-Bdynamic
 
 SRC = proxy.c http.c conf.c balance.c tls.c acl.c cache.c
 OBJ = $(SRC:.c=.o)
-HDR = proxy.h
+HDR = proxy.h bfpi.h
 SAN = -fsanitize=address,undefined -fno-omit-frame-pointer \
 	-fno-sanitize-recover=undefined
-# ASan intercepts crypt() and calls the real one through the dynamic
-# linker: in the sanitized builds libcrypt must be a shared library.
-SANLIBS = -Wl,-Bstatic -lbearssl -linih -Wl,-Bdynamic -lcrypt
+SANLIBS = -Wl,-Bstatic -lbearssl -linih -Wl,-Bdynamic
 
 # STATIC=1: a fully static ./proxy. With glibc (plain cc) the link warns
 # that getpwnam and getaddrinfo still want glibc's NSS modules at run
 # time; CC=musl-gcc (Debian's musl-tools) has no such catch. Debian
-# builds libbearssl.a, libinih.a and libcrypt.a with _FORTIFY_SOURCE, so
-# under musl they need glibc's __memcpy_chk and friends: compat.c.
+# builds libbearssl.a and libinih.a with _FORTIFY_SOURCE, so under musl
+# they need glibc's __memcpy_chk and friends: compat.c. Unused sections
+# are dropped, and so is .eh_frame (C without exceptions unwinds
+# nothing; 34 KB).
 ifeq ($(STATIC),1)
 SRC += compat.c
-LIBS = -static -lbearssl -linih -lcrypt
+LIBS = -static -Wl,--gc-sections -lbearssl -linih
+CFLAGS += -ffunction-sections -fdata-sections -fno-asynchronous-unwind-tables
+STRIP_EH = $(CROSS_COMPILE)objcopy -R .eh_frame -R .comment proxy
 ifneq ($(findstring musl,$(CC)),)
 # musl-gcc sees only musl's headers and libraries: let it find Debian's
-# -dev headers after its own (crypt.h excepted: contrib/musl), and name
-# the archives by path, since a -L to the glibc library directory could
-# bring glibc's libc.a in. Debian's musl has no crypt(): libxcrypt's
-# libcrypt.a provides it.
+# -dev headers after its own, and name the archives by path, since a -L
+# to the glibc library directory could bring glibc's libc.a in.
 MUSL_LIBDIR ?= /usr/lib/$(shell cc -print-multiarch)
-override CC := $(CC) -Icontrib/musl -idirafter /usr/include
-LIBS = -static $(MUSL_LIBDIR)/libbearssl.a $(MUSL_LIBDIR)/libinih.a \
-	$(MUSL_LIBDIR)/libcrypt.a
+override CC := $(CC) -idirafter /usr/include
+LIBS = -static -Wl,--gc-sections $(MUSL_LIBDIR)/libbearssl.a \
+	$(MUSL_LIBDIR)/libinih.a
 endif
 endif
 # Where a cross toolchain that does not search Debian's multiarch
@@ -63,6 +62,7 @@ all: deps proxy
 
 proxy: $(OBJ)
 	$(CC) $(LDFLAGS) -o $@ $(OBJ) $(LIBS)
+	$(STRIP_EH)
 
 .c.o:
 	$(CC) $(WARN) $(CFLAGS) -c $<
@@ -92,9 +92,11 @@ test/proxy-san: $(SRC) $(HDR) Makefile
 	$(CC) $(WARN) -O1 -g $(SAN) -o $@ $(SRC) $(SANLIBS)
 
 UNIT = test/unit.c test/unit_http.c test/unit_conf.c test/unit_acl.c \
-	test/unit_cache.c http.c conf.c balance.c tls.c acl.c cache.c
+	test/unit_cache.c test/bfpi.c http.c conf.c balance.c tls.c acl.c cache.c
+# The unit tests check acl.c's password hashes against the system's
+# crypt() (libxcrypt, from libc6-dev's dependencies): -lcrypt is theirs.
 test/unit-san: $(UNIT) $(HDR) test/unit.h
-	$(CC) $(WARN) -O1 -g $(SAN) -I. -o $@ $(UNIT) $(SANLIBS)
+	$(CC) $(WARN) -O1 -g $(SAN) -I. -o $@ $(UNIT) $(SANLIBS) -lcrypt
 
 # An HTTPS echo server and client on tls.c alone, for test/tls_test.sh
 # (conf.c reads its config; conf.c needs acl.c).
@@ -124,7 +126,7 @@ test/fuzz-path: test/fuzz_path.c http.c $(HDR)
 	$(CLANG) $(WARN) $(FUZZSAN) -o $@ test/fuzz_path.c http.c
 test/fuzz-conf: test/fuzz_conf.c conf.c acl.c $(HDR)
 	$(CLANG) $(WARN) $(FUZZSAN) -o $@ test/fuzz_conf.c conf.c acl.c \
-	    -Wl,-Bstatic -linih -lbearssl -Wl,-Bdynamic -lcrypt
+	    -Wl,-Bstatic -linih -lbearssl -Wl,-Bdynamic
 
 # Each target runs FUZZTIME seconds over its seed corpus.
 fuzz: $(FUZZ)
@@ -203,10 +205,9 @@ cross-deps:
 	    printf '#include <bearssl.h>\n#include <ini.h>\n' | \
 	    $$t-gcc -E -x c - >/dev/null 2>&1 && \
 	    [ "$$($$t-gcc -print-file-name=libbearssl.a)" != libbearssl.a ] && \
-	    [ "$$($$t-gcc -print-file-name=libinih.a)" != libinih.a ] && \
-	    [ "$$($$t-gcc -print-file-name=libcrypt.a)" != libcrypt.a ]; }; \
+	    [ "$$($$t-gcc -print-file-name=libinih.a)" != libinih.a ]; }; \
 	have && exit 0; \
-	pk="gcc-$$t libc6-dev-$(ARCH)-cross libbearssl-dev:$(ARCH) libinih-dev:$(ARCH) libcrypt-dev:$(ARCH) qemu-user"; \
+	pk="gcc-$$t libc6-dev-$(ARCH)-cross libbearssl-dev:$(ARCH) libinih-dev:$(ARCH) qemu-user"; \
 	echo "cross build for $(ARCH) needs the Debian packages $$pk"; \
 	[ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null || exit 1; \
 	dpkg --add-architecture $(ARCH) && apt-get update && \

@@ -18,9 +18,9 @@
 #include <sys/random.h>
 
 #include <bearssl.h>
-#include <crypt.h>
 
 #include "proxy.h"
+#include "bfpi.h"
 
 #define PROBES	8		/* slots looked at per address */
 
@@ -246,18 +246,328 @@ acl_auth_free(struct authdb *db)
 	free(db);
 }
 
+/* ---------------------------------------------------- password hashes */
+
+/*
+ * The two crypt(3) schemes Basic auth accepts, written here on BearSSL's
+ * SHA-512 so that no libcrypt is needed (on a static build it cost 190
+ * KB, most of it for DES, MD5 and schemes we refuse). Each writes the
+ * full "$id$...$hash" string for a password and a setting (a stored
+ * hash or its prefix); -1 for a setting it cannot read.
+ */
+
+static const char crypt64[] =
+    "./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+/* n characters of crypt's base-64 for w, least significant first. */
+static char *
+put64(char *o, uint32_t w, int n)
+{
+	while (n-- > 0) {
+		*o++ = crypt64[w & 63];
+		w >>= 6;
+	}
+	return o;
+}
+
+/* sha512(seq repeated to n bytes) into ctx: the P and S sequences. */
+static void
+sha512_rep(br_sha512_context *ctx, const void *seq, size_t seqlen, size_t n)
+{
+	for (; n >= seqlen; n -= seqlen)
+		br_sha512_update(ctx, seq, seqlen);
+	br_sha512_update(ctx, seq, n);
+}
+
+/*
+ * SHA-512 crypt ($6$), as specified by Ulrich Drepper ("Unix crypt using
+ * SHA-256 and SHA-512", 2007): "$6$[rounds=N$]salt$" + 86 characters.
+ */
+static int
+sha512_crypt(const char *pw, const char *set, char *out)
+{
+	unsigned char a[64], b[64], dp[64], ds[64];
+	br_sha512_context ctx;
+	const char *salt, *e;
+	unsigned long rounds = 5000, r;
+	size_t plen = strlen(pw), slen, i;
+	int custom = 0;
+	char *o;
+
+	salt = set + 3;
+	if (strncmp(salt, "rounds=", 7) == 0) {
+		char *end;
+
+		if (salt[7] < '0' || salt[7] > '9')
+			return -1;
+		errno = 0;
+		r = strtoul(salt + 7, &end, 10);
+		/* libxcrypt refuses counts out of range; so do we. */
+		if (*end != '$' || errno != 0 || r < 1000 || r > 999999999)
+			return -1;
+		rounds = r;
+		custom = 1;
+		salt = end + 1;
+	}
+	for (e = salt; *e != '\0' && *e != '$' && e - salt < 16; e++)
+		;
+	slen = (size_t)(e - salt);
+
+	br_sha512_init(&ctx);		/* B = H(pw salt pw) */
+	br_sha512_update(&ctx, pw, plen);
+	br_sha512_update(&ctx, salt, slen);
+	br_sha512_update(&ctx, pw, plen);
+	br_sha512_out(&ctx, b);
+
+	br_sha512_init(&ctx);		/* A */
+	br_sha512_update(&ctx, pw, plen);
+	br_sha512_update(&ctx, salt, slen);
+	sha512_rep(&ctx, b, 64, plen);
+	for (i = plen; i > 0; i >>= 1)
+		if (i & 1)
+			br_sha512_update(&ctx, b, 64);
+		else
+			br_sha512_update(&ctx, pw, plen);
+	br_sha512_out(&ctx, a);
+
+	br_sha512_init(&ctx);		/* DP: the P sequence's block */
+	for (i = 0; i < plen; i++)
+		br_sha512_update(&ctx, pw, plen);
+	br_sha512_out(&ctx, dp);
+
+	br_sha512_init(&ctx);		/* DS: the S sequence's block */
+	for (i = 0; i < 16 + (size_t)a[0]; i++)
+		br_sha512_update(&ctx, salt, slen);
+	br_sha512_out(&ctx, ds);
+
+	for (r = 0; r < rounds; r++) {
+		br_sha512_init(&ctx);
+		if (r & 1)
+			sha512_rep(&ctx, dp, 64, plen);
+		else
+			br_sha512_update(&ctx, a, 64);
+		if (r % 3 != 0)
+			br_sha512_update(&ctx, ds, slen);
+		if (r % 7 != 0)
+			sha512_rep(&ctx, dp, 64, plen);
+		if (r & 1)
+			br_sha512_update(&ctx, a, 64);
+		else
+			sha512_rep(&ctx, dp, 64, plen);
+		br_sha512_out(&ctx, a);
+	}
+
+	o = out + sprintf(out, custom ? "$6$rounds=%lu$" : "$6$", rounds);
+	memcpy(o, salt, slen);
+	o += slen;
+	*o++ = '$';
+	/* Bytes i, i+21, i+42, rotated left by one place at each step. */
+	for (i = 0; i < 21; i++) {
+		size_t x = i, y = i + 21, z = i + 42, t;
+
+		for (t = 0; t < i % 3; t++) {
+			size_t k = x;
+
+			x = y;
+			y = z;
+			z = k;
+		}
+		o = put64(o, (uint32_t)a[x] << 16 | (uint32_t)a[y] << 8 | a[z],
+		    4);
+	}
+	o = put64(o, a[63], 2);
+	*o = '\0';
+	memset(a, 0, sizeof(a));
+	memset(dp, 0, sizeof(dp));
+	return 0;
+}
+
+/*
+ * bcrypt ($2a$ $2b$ $2y$; Provos and Mazieres, 1999): Blowfish keyed
+ * 2^cost times over from the password and a 128-bit salt, then
+ * "OrpheanBeholderScryDoubt" encrypted 64 times with it.
+ */
+struct bf {
+	uint32_t w[18 + 1024];	/* the P array, then the four S-boxes */
+};
+
+static const char bf64[] =
+    "./ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+
+/* Blowfish's F, over the four S-boxes s. */
+#define BF_F(s, x)	((((s)[(x) >> 24] + (s)[256 + ((x) >> 16 & 255)]) ^ \
+	(s)[512 + ((x) >> 8 & 255)]) + (s)[768 + ((x) & 255)])
+
+/* 16 rounds, two at a time so that the halves never swap; bcrypt spends
+ * all its time here. */
+static void
+bf_encrypt(const struct bf *k, uint32_t *l, uint32_t *r)
+{
+	const uint32_t *p = k->w, *s = k->w + 18;
+	uint32_t a = *l, b = *r;
+	int i;
+
+	for (i = 0; i < 16; i += 2) {
+		a ^= p[i];
+		b ^= BF_F(s, a);
+		b ^= p[i + 1];
+		a ^= BF_F(s, b);
+	}
+	*l = b ^ p[17];
+	*r = a ^ p[16];
+}
+
+/* The next 32 bits of data (cycled), big-endian. */
+static uint32_t
+bf_word(const uint8_t *data, size_t len, size_t *at)
+{
+	uint32_t w = 0;
+	int i;
+
+	for (i = 0; i < 4; i++) {
+		w = w << 8 | data[*at];
+		if (++*at == len)
+			*at = 0;
+	}
+	return w;
+}
+
+/* Blowfish's key schedule, the salt (if any) mixed into each block. */
+static void
+bf_expand(struct bf *k, const uint8_t *key, size_t klen, const uint8_t *salt)
+{
+	uint32_t l = 0, r = 0;
+	size_t at = 0, sat = 0, i;
+
+	for (i = 0; i < 18; i++)
+		k->w[i] ^= bf_word(key, klen, &at);
+	/* Then every word, P and S alike, in pairs of cipher output. */
+	for (i = 0; i < 18 + 1024; i += 2) {
+		if (salt != NULL) {
+			l ^= bf_word(salt, 16, &sat);
+			r ^= bf_word(salt, 16, &sat);
+		}
+		bf_encrypt(k, &l, &r);
+		k->w[i] = l;
+		k->w[i + 1] = r;
+	}
+}
+
+/* bcrypt's base-64 (its own alphabet, big-endian bit order). */
+static int
+bf_decode(const char *in, uint8_t *out, size_t n)
+{
+	uint32_t acc = 0;
+	int bits = 0;
+	size_t o = 0;
+	const char *q;
+
+	while (o < n) {
+		if (*in == '\0' || (q = strchr(bf64, *in)) == NULL)
+			return -1;
+		in++;
+		acc = acc << 6 | (uint32_t)(q - bf64);
+		bits += 6;
+		if (bits >= 8) {
+			bits -= 8;
+			out[o++] = (uint8_t)(acc >> bits);
+		}
+	}
+	return 0;
+}
+
+static char *
+bf_encode(char *o, const uint8_t *in, size_t n)
+{
+	uint32_t acc = 0;
+	int bits = 0;
+	size_t i;
+
+	for (i = 0; i < n; i++) {
+		acc = acc << 8 | in[i];
+		bits += 8;
+		while (bits >= 6) {
+			bits -= 6;
+			*o++ = bf64[acc >> bits & 63];
+		}
+	}
+	if (bits > 0)
+		*o++ = bf64[acc << (6 - bits) & 63];
+	*o = '\0';
+	return o;
+}
+
+static int
+bcrypt(const char *pw, const char *set, char *out)
+{
+	static const char magic[] = "OrpheanBeholderScryDoubt";
+	uint8_t salt[16], key[72], ct[24];
+	uint32_t c[6];
+	struct bf k;
+	size_t klen;
+	unsigned long i, n;
+	int cost, j;
+
+	if (set[4] < '0' || set[4] > '3' || set[5] < '0' || set[5] > '9' ||
+	    set[6] != '$' || (cost = (set[4] - '0') * 10 + set[5] - '0') < 4 ||
+	    cost > 31 || bf_decode(set + 7, salt, 16) != 0)
+		return -1;
+	/* The key is the password with its NUL, at most 72 bytes. */
+	klen = strlen(pw) + 1;
+	if (klen > sizeof(key))
+		klen = sizeof(key);
+	memcpy(key, pw, klen);
+	memcpy(&k, bf_pi, sizeof(k));
+	bf_expand(&k, key, klen, salt);
+	for (i = 0, n = 1UL << cost; i < n; i++) {
+		bf_expand(&k, key, klen, NULL);
+		bf_expand(&k, salt, 16, NULL);
+	}
+	for (j = 0; j < 6; j++)
+		c[j] = (uint32_t)(uint8_t)magic[4 * j] << 24 |
+		    (uint32_t)(uint8_t)magic[4 * j + 1] << 16 |
+		    (uint32_t)(uint8_t)magic[4 * j + 2] << 8 |
+		    (uint8_t)magic[4 * j + 3];
+	for (i = 0; i < 64; i++)
+		for (j = 0; j < 6; j += 2)
+			bf_encrypt(&k, &c[j], &c[j + 1]);
+	for (j = 0; j < 6; j++) {
+		ct[4 * j] = (uint8_t)(c[j] >> 24);
+		ct[4 * j + 1] = (uint8_t)(c[j] >> 16);
+		ct[4 * j + 2] = (uint8_t)(c[j] >> 8);
+		ct[4 * j + 3] = (uint8_t)c[j];
+	}
+	memcpy(out, set, 7);
+	/* The salt as given is re-encoded: its last character carries 4
+	 * spare bits, which must not make two spellings of one salt. */
+	bf_encode(bf_encode(out + 7, salt, 16), ct, 23);
+	memset(key, 0, sizeof(key));
+	memset(&k, 0, sizeof(k));
+	return 0;
+}
+
+/* crypt(3) for the schemes we accept; NULL for any other setting. */
+const char *
+acl_pw_hash(const char *pw, const char *set, char out[PW_MAX])
+{
+	int r = -1;
+
+	if (strncmp(set, "$6$", 3) == 0)
+		r = sha512_crypt(pw, set, out);
+	else if (strncmp(set, "$2a$", 4) == 0 || strncmp(set, "$2b$", 4) == 0 ||
+	    strncmp(set, "$2y$", 4) == 0)
+		r = bcrypt(pw, set, out);
+	return r == 0 ? out : NULL;
+}
+
 /* bcrypt ($2a$ $2b$ $2y$) or SHA-512 crypt ($6$): hashes meant for
  * passwords. DES, MD5 and apr1 are refused: they fall to a GPU in hours. */
 static int
 good_hash(const char *h)
 {
-	const char *r;
+	char out[PW_MAX];
 
-	if (strncmp(h, "$6$", 3) != 0 && strncmp(h, "$2a$", 4) != 0 &&
-	    strncmp(h, "$2b$", 4) != 0 && strncmp(h, "$2y$", 4) != 0)
-		return 0;
-	r = crypt("probe", h);
-	return r != NULL && r[0] == '$';
+	return acl_pw_hash("probe", h, out) != NULL;
 }
 
 struct authdb *
@@ -412,7 +722,7 @@ acl_auth_forget(void)
 int
 acl_auth_check(struct authdb *db, struct slice v, int64_t now)
 {
-	char cred[384], *colon;
+	char cred[384], *colon, out[PW_MAX];
 	const char *hash, *r;
 	struct timespec t0, t1;
 	uint8_t id[32];
@@ -458,7 +768,7 @@ acl_auth_check(struct authdb *db, struct slice v, int64_t now)
 			hash = db->users[i].hash;
 			known = 1;
 		}
-	r = crypt(colon + 1, hash);
+	r = acl_pw_hash(colon + 1, hash, out);
 	ok = r != NULL && ct_equal(r, hash) && known;
 	clock_gettime(CLOCK_MONOTONIC, &t1);
 	auth_spent += (t1.tv_sec - t0.tv_sec) * 1000000 +
@@ -468,6 +778,7 @@ acl_auth_check(struct authdb *db, struct slice v, int64_t now)
 		seen[slot].until = now + AUTH_TTL_MS;
 	}
 	memset(cred, 0, sizeof(cred));
+	memset(out, 0, sizeof(out));
 	return ok;
 }
 

@@ -3,30 +3,23 @@
  * against musl (make STATIC=1 CC=musl-gcc); compiled for STATIC=1 only,
  * and empty with glibc, which has its own.
  *
- * Debian compiles libbearssl.a, libinih.a and libcrypt.a (libxcrypt,
- * for crypt(3): Debian's musl has none) with _FORTIFY_SOURCE=2, so their
- * objects call __memcpy_chk and friends instead of memcpy when the
+ * Debian compiles libbearssl.a and libinih.a with _FORTIFY_SOURCE=2, so
+ * their objects call __memcpy_chk and friends instead of memcpy when the
  * compiler knew the size of the destination. musl has no such symbols.
  * Each shim checks as glibc's does: a write past the destination is a
  * bug being exploited, and the process aborts rather than go on.
- * libxcrypt also wants arc4random_buf (glibc 2.36 has it, musl 1.2.3
- * not), for making salts, which the proxy never does.
  */
-#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 
 #ifndef __GLIBC__		/* set by any glibc header, never by musl's */
 void *__memcpy_chk(void *dst, const void *src, size_t n, size_t dstlen);
 void *__memmove_chk(void *dst, const void *src, size_t n, size_t dstlen);
 void *__memset_chk(void *dst, int c, size_t n, size_t dstlen);
-void __explicit_bzero_chk(void *dst, size_t n, size_t dstlen);
 int __snprintf_chk(char *dst, size_t n, int flag, size_t dstlen,
     const char *fmt, ...);
-void arc4random_buf(void *buf, size_t n);
 
 void *
 __memcpy_chk(void *dst, const void *src, size_t n, size_t dstlen)
@@ -52,14 +45,6 @@ __memset_chk(void *dst, int c, size_t n, size_t dstlen)
 	return memset(dst, c, n);
 }
 
-void
-__explicit_bzero_chk(void *dst, size_t n, size_t dstlen)
-{
-	if (n > dstlen)
-		abort();
-	explicit_bzero(dst, n);
-}
-
 int
 __snprintf_chk(char *dst, size_t n, int flag, size_t dstlen,
     const char *fmt, ...)
@@ -75,22 +60,6 @@ __snprintf_chk(char *dst, size_t n, int flag, size_t dstlen,
 	return r;
 }
 
-void
-arc4random_buf(void *buf, size_t n)
-{
-	char *p = buf;
-	ssize_t r;
-
-	while (n > 0) {
-		r = getrandom(p, n, 0);
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r <= 0)
-			abort();	/* no randomness: never weak salts */
-		p += r;
-		n -= (size_t)r;
-	}
-}
 #else
 /* ISO C wants at least one declaration in a translation unit. */
 typedef int compat_empty;

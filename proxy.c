@@ -128,6 +128,8 @@ struct conn {
 	uint32_t qfwd;		/* bytes at rq.off that belong upstream */
 	uint32_t qsent;		/* of those, sent but held (F_HOLD) */
 	uint32_t rfwd;		/* bytes at rs.off that belong to the client */
+	uint32_t piped;		/* body bytes in the lent pipe, for the client */
+	uint16_t pipe;		/* 1 + index of the lent pipe, 0: none */
 	uint64_t qleft, rleft;	/* M_LEN bytes still to come */
 	struct http_chunk qch, rch;
 	const char *lit;	/* literal output (100 Continue, error page) */
@@ -178,6 +180,19 @@ static int *free_conns, nfree_conns, nactive;
 static struct idle *idles;
 static int nidles;
 static int idle_freel = -1;	/* free entries, linked through next */
+
+/*
+ * Large plain-to-plain response bodies go socket -> pipe -> socket with
+ * splice(): the bytes never enter the process, so there is no copy in
+ * and out of a buffer, and the buffer goes back to the pool meanwhile.
+ * The pipes are made at startup and lent like buffers.
+ */
+#if defined(__linux__) && defined(SPLICE_F_MOVE)
+#define HAVE_SPLICE 1
+#endif
+static int (*pipes)[2];		/* [i][0] read end, [i][1] write end */
+static int *pipe_freel, npipe_free, npipes;
+static uint32_t pipe_cap;	/* bytes one pipe holds */
 
 /*
  * Deadlines are not kept sorted: the table is walked only when the
@@ -242,6 +257,7 @@ static struct {
 	int64_t start;
 	uint64_t accepted, requests;
 	uint64_t classes[5];	/* responses sent: 1xx .. 5xx */
+	uint64_t spliced;	/* body bytes moved by splice() */
 } stats;
 
 /* What reserve() set aside, for the log and the status page. */
@@ -915,6 +931,7 @@ u_send(struct conn *c, const void *p, size_t n)
 /* ------------------------------------------------------ session setup */
 
 static void conn_update(struct conn *c);
+static void pipe_put(struct conn *c);
 static int64_t conn_deadline(const struct conn *c);
 static void client_flush(struct conn *c);
 static void up_flush(struct conn *c);
@@ -982,6 +999,7 @@ conn_close(struct conn *c)
 		acl_conn_close(&c->peer.sa);
 	buf_put(c, &c->rq);
 	buf_put(c, &c->rs);
+	pipe_put(c);
 	if (c->flags & F_WAITBUF)
 		pool_waiters--;
 	c->cfd = -1;
@@ -1977,6 +1995,154 @@ resp_claim(struct conn *c)
 	}
 }
 
+/* ------------------------------------------------------------ splice */
+
+#ifdef HAVE_SPLICE
+static int
+pipe_make(int fd[2])
+{
+	if (pipe2(fd, O_NONBLOCK | O_CLOEXEC) == -1)
+		return -1;
+	/* The kernel rounds up to pages; a smaller pipe than asked for
+	 * only means more splice() calls. */
+	(void)fcntl(fd[0], F_SETPIPE_SZ, (int)pipe_cap);
+	return 0;
+}
+
+/*
+ * At the start of a large body, once every byte buffered for it has
+ * gone out: relay the rest through a pipe. Only plain sockets on both
+ * sides (TLS needs the bytes), only bodies the proxy need not look at
+ * (chunked is validated, a stored response is copied into the cache).
+ */
+static void
+pipe_try(struct conn *c)
+{
+	if (npipe_free == 0 || c->ctls != NULL || c->utls != NULL ||
+	    c->cstate != C_SENT || c->ufd == -1 || c->litlen > 0 ||
+	    c->rfwd > 0 || (c->flags & F_STORING) ||
+	    (c->rs.d != NULL && c->rs.len != c->rs.off))
+		return;
+	if (!(c->rmode == M_EOF || (c->rmode == M_LEN &&
+	    c->rleft > 2 * (uint64_t)bufsz)))
+		return;
+	c->pipe = (uint16_t)(pipe_freel[--npipe_free] + 1);
+	c->piped = 0;
+	buf_put(c, &c->rs);	/* not needed while the pipe carries it */
+}
+
+/* Give the pipe back. One with bytes left in it (the client went away)
+ * is replaced: those bytes must never reach another client. */
+static void
+pipe_put(struct conn *c)
+{
+	int i = c->pipe - 1;
+
+	if (c->pipe == 0)
+		return;
+	c->pipe = 0;
+	if (c->piped > 0) {
+		c->piped = 0;
+		close(pipes[i][0]);
+		close(pipes[i][1]);
+		if (pipe_make(pipes[i]) == -1) {
+			logmsg(LOG_WARNING, "pipe: %s (one pipe fewer)",
+			    strerror(errno));
+			return;
+		}
+	}
+	pipe_freel[npipe_free++] = i;
+}
+
+/* Move body bytes from the upstream into the pipe; 1 when it took all
+ * that was asked (more is likely waiting). */
+static int
+pipe_in(struct conn *c)
+{
+	size_t want = pipe_cap - c->piped;
+	ssize_t n;
+
+	if (c->rmode == M_LEN && c->rleft < want)
+		want = (size_t)c->rleft;
+	if (want == 0)
+		return 0;
+	n = splice(c->ufd, NULL, pipes[c->pipe - 1][1], NULL, want,
+	    SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+	if (n < 0) {
+		if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+			return 0;
+		logmsg(LOG_WARNING, "%s: %s", c->srv->name, strerror(errno));
+		n = 0;		/* a reset is handled as an early close */
+	}
+	if (n == 0) {
+		up_eof(c);
+		return 0;
+	}
+	c->piped += (uint32_t)n;
+	c->tprog = now;
+	stats.spliced += (uint64_t)n;
+	if (c->rmode == M_LEN) {
+		c->rleft -= (uint64_t)n;
+		if (c->rleft == 0)
+			resp_done(c);
+	}
+	client_flush(c);
+	return (size_t)n == want;
+}
+
+/* Move the pipe's bytes to the client: 1 when it is empty, 0 when the
+ * client cannot take more now, -1 when the connection was closed. */
+static int
+pipe_out(struct conn *c)
+{
+	ssize_t n;
+
+	while (c->piped > 0) {
+		n = splice(pipes[c->pipe - 1][0], NULL, c->cfd, NULL,
+		    c->piped, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+		if (n < 0) {
+			if (errno == EAGAIN || errno == EWOULDBLOCK ||
+			    errno == EINTR) {
+				c->flags |= F_CBLOCK;
+				return 0;
+			}
+			conn_close(c);
+			return -1;
+		}
+		c->piped -= (uint32_t)n;
+		c->sent += (uint64_t)n;
+		c->tprog = now;
+	}
+	return 1;
+}
+#else
+static void pipe_try(struct conn *c) { (void)c; }
+static void pipe_put(struct conn *c) { (void)c; }
+static int pipe_in(struct conn *c) { (void)c; return 0; }
+static int pipe_out(struct conn *c) { (void)c; return 1; }
+#endif
+
+/* Pipes for splice(), about a pipe per eight buffers; fewer when the
+ * system gives fewer. Each holds what four buffers would. */
+static void
+pipes_reserve(void)
+{
+#ifdef HAVE_SPLICE
+	int want = (int)(cfg.buffers / 8), i;
+
+	pipe_cap = bufsz * 4;
+	if (want == 0 || (pipes = calloc(want, sizeof(*pipes))) == NULL ||
+	    (pipe_freel = calloc(want, sizeof(*pipe_freel))) == NULL)
+		return;
+	for (i = 0; i < want; i++) {
+		if (pipe_make(pipes[i]) == -1)
+			break;
+		pipe_freel[npipe_free++] = i;
+	}
+	npipes = i;
+#endif
+}
+
 /* -------------------------------------------------------- the client */
 
 static void
@@ -2057,6 +2223,15 @@ client_flush(struct conn *c)
 			if (c->cstate == C_FREE)
 				return;
 		}
+	}
+	if (c->pipe != 0) {
+		if (pipe_out(c) <= 0)
+			return;
+		if (c->ustate == U_BODY)
+			return;		/* the rest comes through the pipe */
+		pipe_put(c);
+	} else if (c->ustate == U_BODY) {
+		pipe_try(c);
 	}
 	/* Records the TLS engine still holds must leave before the state
 	 * moves on (a close would lose them). */
@@ -2438,16 +2613,21 @@ status_body(struct out *o, int json)
 	if (json)
 		out_add(o, "{\"uptime\":%lld,\"connections\":{\"current\":%d,"
 		    "\"max\":%ld,\"total\":%llu},\"buffers\":{\"free\":%d,"
-		    "\"total\":%ld,\"size\":%u},\"requests\":{\"total\":%llu",
+		    "\"total\":%ld,\"size\":%u},\"pipes\":{\"free\":%d,"
+		    "\"total\":%d,\"spliced\":%llu},\"requests\":{\"total\":%llu",
 		    (long long)up, nactive, cfg.max_connections,
 		    (unsigned long long)stats.accepted, pool_free,
-		    cfg.buffers, bufsz, (unsigned long long)stats.requests);
+		    cfg.buffers, bufsz, npipe_free, npipes,
+		    (unsigned long long)stats.spliced,
+		    (unsigned long long)stats.requests);
 	else
 		out_add(o, "uptime %llds\nconnections current %d max %ld "
 		    "total %llu\nbuffers free %d of %ld (%u bytes each)\n"
-		    "requests total %llu", (long long)up, nactive,
-		    cfg.max_connections, (unsigned long long)stats.accepted,
-		    pool_free, cfg.buffers, bufsz,
+		    "pipes free %d of %d spliced %llu\nrequests total %llu",
+		    (long long)up, nactive, cfg.max_connections,
+		    (unsigned long long)stats.accepted, pool_free, cfg.buffers,
+		    bufsz, npipe_free, npipes,
+		    (unsigned long long)stats.spliced,
 		    (unsigned long long)stats.requests);
 	for (k = 0; k < 5; k++)
 		out_add(o, json ? ",\"%s\":%llu" : " %s %llu", cls[k],
@@ -2869,12 +3049,18 @@ up_read_once(struct conn *c)
 static void
 up_read(struct conn *c)
 {
-	int turns = RELAY_TURNS;
+	int turns = RELAY_TURNS, more;
 
-	while (up_read_once(c) && --turns > 0 && c->cstate != C_FREE &&
-	    c->ufd != -1 && (c->ustate == U_BODY || c->ustate == U_TUNNEL) &&
-	    c->rfwd == 0 && !(c->flags & (F_CBLOCK | F_CSHUT)))
-		;
+	for (;;) {
+		/* client_flush may have lent a pipe since the last read. */
+		more = c->pipe != 0 ? pipe_in(c) : up_read_once(c);
+		if (!more || --turns == 0 || c->cstate == C_FREE ||
+		    c->ufd == -1 ||
+		    (c->ustate != U_BODY && c->ustate != U_TUNNEL) ||
+		    c->rfwd > 0 || c->piped > 0 ||
+		    (c->flags & (F_CBLOCK | F_CSHUT)))
+			return;
+	}
 }
 
 
@@ -2991,7 +3177,8 @@ conn_update(struct conn *c)
 		conn_close(c);
 		return;
 	}
-	if ((c->litlen > 0 || c->rfwd > 0) && !(c->flags & F_CSHUT))
+	if ((c->litlen > 0 || c->rfwd > 0 || c->piped > 0) &&
+	    !(c->flags & F_CSHUT))
 		ev |= POLLOUT;
 	if (client_wants_read(c)) {
 		ev |= POLLIN;
@@ -3012,7 +3199,10 @@ conn_update(struct conn *c)
 	} else {
 		if (c->qfwd > c->qsent && !(c->flags & (F_USHUT | F_UERR)))
 			ev |= POLLOUT;
-		if (!(c->flags & F_UEOF) &&
+		if (c->pipe != 0) {
+			if (c->piped < pipe_cap && c->ustate == U_BODY)
+				ev |= POLLIN;
+		} else if (!(c->flags & F_UEOF) &&
 		    can_read(c, &c->rs, c->ustate == U_HEAD)) {
 			ev |= POLLIN;
 			if (c->utls != NULL && tls_pending(c->utls))
@@ -3029,7 +3219,7 @@ conn_update(struct conn *c)
 static int
 waits_on_backend(const struct conn *c)
 {
-	if (c->litlen > 0 || c->rfwd > 0)
+	if (c->litlen > 0 || c->rfwd > 0 || c->piped > 0)
 		return 0;
 	if (c->ustate == U_CONNECT || c->qfwd > c->qsent)
 		return 1;
@@ -3931,7 +4121,8 @@ static void
 raise_nofile(void)
 {
 	struct rlimit rl;
-	rlim_t need = (rlim_t)(2 * cfg.max_connections + nidles + 64);
+	rlim_t need = (rlim_t)(2 * cfg.max_connections + nidles + 64 +
+	    2 * (cfg.buffers / 8));	/* pipes_reserve */
 
 	if (getrlimit(RLIMIT_NOFILE, &rl) == -1)
 		return;
@@ -4164,6 +4355,7 @@ main(int argc, char **argv)
 		goto out;
 	}
 	raise_nofile();
+	pipes_reserve();
 	if (drop_privileges() == -1) {
 		rc = 1;
 		goto out;

@@ -464,6 +464,14 @@ int acl_rate(const struct sockaddr *sa, long rate, long burst, int64_t now,
 int acl_allowed(const struct cidr *allow, int nallow,
     const struct cidr *deny, int ndeny, const struct sockaddr *sa);
 
+/*
+ * crypt(3) of pw for the schemes Basic auth accepts: bcrypt ($2a$ $2b$
+ * $2y$) and SHA-512 crypt ($6$); set is a stored hash or its prefix. The
+ * result (in out) or NULL for any other or malformed setting.
+ */
+#define PW_MAX	128
+const char *acl_pw_hash(const char *pw, const char *set, char out[PW_MAX]);
+
 /* HTTP Basic users from an htpasswd-style file ("user:crypt-hash" lines,
  * bcrypt or SHA-512 crypt); NULL with err "FILE:LINE: message". */
 struct authdb *acl_auth_load(const char *file, char *err, size_t errlen);

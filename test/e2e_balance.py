@@ -258,6 +258,7 @@ def parse_text_status(text):
         "uptime": r"uptime (\d+)s",
         "connections": r"connections current (\d+) max (\d+) total (\d+)",
         "buffers": r"buffers free (\d+) of (\d+) \((\d+) bytes each\)",
+        "pipes": r"pipes free (\d+) of (\d+) spliced (\d+)",
         "requests": r"requests total (\d+) 1xx (\d+) 2xx (\d+) 3xx (\d+) "
                     r"4xx (\d+) 5xx (\d+)",
         "reserved": r"reserved bytes connections (\d+) buffers (\d+) "
@@ -279,6 +280,8 @@ def parse_text_status(text):
             d[key] = dict(zip(("current", "max", "total"), v))
         elif key == "buffers":
             d[key] = dict(zip(("free", "total", "size"), v))
+        elif key == "pipes":
+            d[key] = dict(zip(("free", "total", "spliced"), v))
         elif key == "requests":
             d[key] = dict(zip(("total", "1xx", "2xx", "3xx", "4xx", "5xx"),
                               v))
@@ -899,6 +902,10 @@ def status_page_text_json():
             bf = d["buffers"]
             check(bf["total"] == 32 and bf["size"] == 16384 and
                   0 <= bf["free"] <= 32, "%s: buffers %s" % (what, bf))
+            pp = d["pipes"]
+            check(pp["total"] == 32 // 8 and pp["free"] == pp["total"] and
+                  pp["spliced"] == 0, "%s: pipes %s (small bodies are "
+                  "not spliced)" % (what, pp))
             rs = d["reserved"]
             check(all(isinstance(rs[k], int) and rs[k] > 0
                       for k in ("connections", "buffers", "other")) and

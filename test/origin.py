@@ -26,7 +26,9 @@ Endpoints, chosen by path (query parameters in brackets):
     /slowbody         Content-Length body sent in slow pieces
                       [size=, parts=, delay=]
     /large            deterministic pseudo-random body, streamed [size=]
-                      (large_chunks()/large_sha256() reproduce it)
+                      (large_chunks()/large_sha256() reproduce it);
+                      [cut=N] sends N bytes of it and closes, [eof=1]
+                      sends no length and closes after the body
     /echo             the request body back; X-Seen-* response headers
     /status           [code=N]: 204 and 304 without a body
     /early-hints      103 Early Hints, then 200
@@ -598,16 +600,26 @@ class Origin:
 
     def _large(self, s, req):
         size = int(req.query.get("size", str(1 << 20)))
+        # cut=N: promise size bytes, send N, close. eof=1: no length,
+        # the body ends when the connection closes.
+        cut = int(req.query.get("cut", str(size)))
+        eof = req.query.get("eof") == "1"
         hdr = ("HTTP/1.1 200 OK\r\nX-Origin: %s\r\n"
-               "Content-Type: application/octet-stream\r\n"
-               "Content-Length: %d\r\n" % (self.name, size))
-        keep = self._keep(req)
+               "Content-Type: application/octet-stream\r\n" % self.name)
+        if not eof:
+            hdr += "Content-Length: %d\r\n" % size
+        keep = self._keep(req) and not eof and cut >= size
         if not keep:
             hdr += "Connection: close\r\n"
         s.sendall((hdr + "\r\n").encode())
         if req.method != "HEAD":
+            sent = 0
             for c in large_chunks(size, 1 << 18):
+                c = c[:max(0, cut - sent)]
+                if not c:
+                    break
                 s.sendall(c)
+                sent += len(c)
         return keep
 
     def _ws(self, s, rd, req):

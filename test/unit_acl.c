@@ -8,6 +8,8 @@
 
 #include "proxy.h"
 #include "unit.h"
+#include "bfpi.h"
+#include "bfpi_test.h"
 
 static struct sockaddr_in
 v4(const char *s)
@@ -130,6 +132,95 @@ sl(const char *s)
 	return x;
 }
 
+/* bfpi.h, the constants bcrypt starts from, is pi: computed afresh. */
+static void
+bfpi_tests(void)
+{
+	static uint32_t w[BFPI_WORDS];
+	char msg[96];
+	int i, bad = 0;
+
+	bfpi_compute(w);
+	for (i = 0; i < BFPI_WORDS; i++)
+		if (w[i] != bf_pi[i] && bad++ == 0) {
+			snprintf(msg, sizeof(msg), "bfpi.h word %d: %08x, pi "
+			    "says %08x", i, (unsigned)bf_pi[i], (unsigned)w[i]);
+			CHECK(0, msg);
+		}
+	CHECK(bad == 0, "bfpi.h holds the 1042 words of pi");
+	CHECK(bf_pi[0] == 0x243f6a88 && bf_pi[1041] == 0x3ac372e6,
+	    "bfpi.h: first and last words as published for Blowfish");
+}
+
+/*
+ * acl.c hashes passwords itself (no libcrypt in ./proxy): every scheme it
+ * accepts must agree with the system's crypt() (libxcrypt) byte for byte,
+ * over passwords of every length class, random salts, custom rounds and
+ * both bcrypt prefixes; and refuse what crypt() refuses.
+ */
+static void
+pw_hash_tests(void)
+{
+	static const char *const pws[] = { "", "a", "probe", "s3cret",
+	    "correct horse battery staple", "p\xc3\xa4ss w\xc3\xb6rd",
+	    "0123456789012345678901234567890123456789012345678901234567890123"
+	    "456789", /* 70 */
+	    "0123456789012345678901234567890123456789012345678901234567890123"
+	    "456789012345678901234567890" /* 91: bcrypt uses 72 */ };
+	static const char b64[] =
+	    "./ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+	static const char *const fixed[] = { "$6$$", "$6$x$",
+	    "$6$0123456789abcdefXYZ$", "$6$rounds=1000$abc$",
+	    "$6$rounds=5001$saltsalt$", "$2b$04$......................",
+	    "$2a$04$9999999999999999999999", "$2y$05$CCCCCCCCCCCCCCCCCCCCC." };
+	static const char *const bad[] = { "$6$rounds=999$x$",
+	    "$6$rounds=x$y$", "$2b$03$......................",
+	    "$2b$04$short", "$2b$4$......................", "$1$md5$",
+	    "abJnggxhB/yWI", "$5$sha256$", "" };
+	char set[64], out[PW_MAX], msg[160];
+	const char *ours, *theirs;
+	size_t i, j, k, agree = 0, n = 0;
+	unsigned seed = 7;
+
+	for (i = 0; i < sizeof(pws) / sizeof(pws[0]); i++)
+		for (j = 0; j < sizeof(fixed) / sizeof(fixed[0]) + 6; j++) {
+			if (j < sizeof(fixed) / sizeof(fixed[0])) {
+				snprintf(set, sizeof(set), "%s", fixed[j]);
+			} else {
+				/* Random salts: 3 of each scheme. */
+				int bc = j % 2;
+
+				strcpy(set, bc ? "$2b$04$" : "$6$");
+				for (k = 0; k < (bc ? 22u : 1 + j % 16); k++) {
+					seed = seed * 1103515245 + 12345;
+					set[strlen(set) + 1] = '\0';
+					set[strlen(set)] = b64[seed >> 16 & 63];
+				}
+				if (!bc)
+					strcat(set, "$");
+			}
+			ours = acl_pw_hash(pws[i], set, out);
+			theirs = crypt(pws[i], set);
+			n++;
+			if (ours != NULL && theirs != NULL &&
+			    strcmp(ours, theirs) == 0) {
+				agree++;
+				continue;
+			}
+			snprintf(msg, sizeof(msg), "pw %zu setting %s: ours %s "
+			    "crypt() %s", i, set, ours ? ours : "NULL",
+			    theirs ? theirs : "NULL");
+			CHECK(0, msg);
+		}
+	snprintf(msg, sizeof(msg), "acl_pw_hash agrees with crypt() in "
+	    "%zu of %zu cases", agree, n);
+	CHECK(agree == n, msg);
+	for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		snprintf(msg, sizeof(msg), "setting '%s' refused", bad[i]);
+		CHECK(acl_pw_hash("probe", bad[i], out) == NULL, msg);
+	}
+}
+
 static void
 auth_tests(void)
 {
@@ -221,6 +312,8 @@ unit_acl(void)
 	rate_tests();
 	conn_tests();
 	allow_tests();
+	bfpi_tests();
+	pw_hash_tests();
 	auth_tests();
 	proxy_tests();
 }
