@@ -872,10 +872,14 @@ idle_put(struct server *s, int fd, struct tls *t)
  * Newest first: the most recently used connection is the least likely
  * to have been closed by the backend's own idle timer. One that has
  * anything to read (late bytes of an earlier response, or its close) is
- * not used: those bytes must never reach another client.
+ * not used: those bytes must never reach another client. This turn's
+ * poll() tells whether anything had come for it (an event not yet
+ * dispatched is still in revents), which an idempotent request may
+ * trust: should the backend close in the microseconds since, it is
+ * retried. careful: a request that cannot be retried asks the socket.
  */
 static int
-idle_take(struct server *s, struct tls **t)
+idle_take(struct server *s, struct tls **t, int careful)
 {
 	struct idle *e;
 	char b;
@@ -884,8 +888,9 @@ idle_take(struct server *s, struct tls **t)
 	while (s->idle_top != 0) {
 		e = &idles[s->idle_top - 1];
 		fd = e->fd;
-		if (recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) == -1 &&
-		    (errno == EAGAIN || errno == EWOULDBLOCK)) {
+		if (pfd[e->slot].revents == 0 && (!careful ||
+		    (recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) == -1 &&
+		    (errno == EAGAIN || errno == EWOULDBLOCK)))) {
 			loop_unwatch(e->slot);
 			*t = e->tls;
 			idle_unlink(e);
@@ -1177,7 +1182,7 @@ up_connect(struct conn *c, int fresh)
 
 	c->flags &= ~F_REUSED;
 	c->utls = NULL;
-	fd = fresh ? -1 : idle_take(s, &c->utls);
+	fd = fresh ? -1 : idle_take(s, &c->utls, !(c->flags & F_IDEMP));
 	if (fd != -1) {
 		c->flags |= F_REUSED;
 		c->ustate = U_HEAD;
@@ -3467,7 +3472,7 @@ do_accept(int lfd, int is_tls)
 	union addr a;
 	socklen_t alen;
 	struct conn *c;
-	int i, fd, one = 1, counted;
+	int i, fd, counted;
 
 	for (i = 0; i < 64; i++) {
 		/* No TLS engine free: leave the client in the backlog. */
@@ -3540,7 +3545,10 @@ do_accept(int lfd, int is_tls)
 			if (cfg.proxy_protocol)
 				c->flags |= F_NEEDPROXY;
 		}
-		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+#ifndef __linux__
+		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &(int){ 1 },
+		    sizeof(int));
+#endif
 		c->cslot = loop_watch(fd, O_CLIENT, (int)(c - conns));
 		conn_update(c);
 	}
@@ -4000,6 +4008,9 @@ listen_on(const char *spec)
 #endif
 	if (ss.ss_family == AF_INET6)
 		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+	/* Linux gives accepted sockets the listener's TCP_NODELAY: set
+	 * once here, not once per client (do_accept). */
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	if (bind(fd, (struct sockaddr *)&ss, len) == -1 ||
 	    listen(fd, 511) == -1)
 		goto fail;
