@@ -241,7 +241,10 @@ clean:
 #     origin alone) with wrk, interleaved, servers on CPU 0 and clients
 #     on CPU 1; writes bench/RESULTS.md (about 10 minutes; BENCH_QUICK=1:
 #     one 2 s run per figure). Installs nginx-light, haproxy and wrk from
-#     Debian when root. Measures only: nothing in it can fail on speed.
+#     Debian when root. Then bench/footprint.py: stripped sizes of the
+#     native, static musl, armhf and mipsel builds and the RSS of a fresh
+#     ./proxy with the default configuration. Measures only: nothing in
+#     it can fail on speed.
 # make bench-callgrind   instructions per proxied request, cache hit,
 #     TLS handshake ... under valgrind --tool=callgrind (proxy, nginx,
 #     HAProxy), per function for proxy (a -fno-inline build made in the
@@ -249,6 +252,7 @@ clean:
 #     appended to bench/RESULTS.md.
 bench: all
 	$(PYTHON) bench/bench.py
+	$(PYTHON) bench/footprint.py
 
 bench-callgrind: all
 	BENCH_BUILD='$(CC) $(WARN) $(CFLAGS) -fno-inline $(SRC) $(LIBS)' \

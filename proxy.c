@@ -26,6 +26,9 @@
 #include <arpa/inet.h>
 #include <netinet/tcp.h>
 #include <sys/resource.h>
+#ifdef __linux__
+#include <sys/epoll.h>
+#endif
 #include <sys/stat.h>
 
 #include "proxy.h"
@@ -136,6 +139,7 @@ struct conn {
 	uint32_t litlen;
 	struct server *srv;
 	uint8_t tries;		/* servers that failed this request */
+	uint8_t parked;		/* idle, watched by epoll (park), not poll */
 	uint8_t inval;		/* unsafe request on a cache route: its
 				   answer's Location is invalidated too */
 	const struct route *rt;	/* the route of the request in flight */
@@ -193,6 +197,17 @@ static int idle_freel = -1;	/* free entries, linked through next */
 static int (*pipes)[2];		/* [i][0] read end, [i][1] write end */
 static int *pipe_freel, npipe_free, npipes;
 static uint32_t pipe_cap;	/* bytes one pipe holds */
+
+/*
+ * poll() costs time in proportion to the descriptors it is given, and
+ * most of a big table is keep-alive clients with nothing to say. On
+ * Linux, a client idle for PARK_MS leaves the pollfd table for an epoll
+ * set, itself one slot in the table; its first byte brings it back.
+ * Busy connections never pay an epoll_ctl.
+ */
+#define PARK_MS		1000
+static int park_fd = -1;	/* the epoll set; -1: no parking */
+static int nparked;
 
 /*
  * Deadlines are not kept sorted: the table is walked only when the
@@ -936,6 +951,8 @@ u_send(struct conn *c, const void *p, size_t n)
 /* ------------------------------------------------------ session setup */
 
 static void conn_update(struct conn *c);
+static void unpark(struct conn *c);
+static void client_event(struct conn *c, short rev);
 static void pipe_put(struct conn *c);
 static int64_t conn_deadline(const struct conn *c);
 static void client_flush(struct conn *c);
@@ -990,6 +1007,8 @@ conn_close(struct conn *c)
 	up_close(c);
 	cfg_release(c);
 	if (c->cfd != -1) {
+		if (c->parked)
+			unpark(c);	/* close() alone would do, but count */
 		loop_unwatch(c->cslot);
 		if (c->ctls != NULL && !(c->flags & (F_CSHUT | F_CHUP)))
 			tls_close(c->ctls, c->cfd);	/* best effort */
@@ -2617,20 +2636,22 @@ status_body(struct out *o, int json)
 
 	if (json)
 		out_add(o, "{\"uptime\":%lld,\"connections\":{\"current\":%d,"
-		    "\"max\":%ld,\"total\":%llu},\"buffers\":{\"free\":%d,"
-		    "\"total\":%ld,\"size\":%u},\"pipes\":{\"free\":%d,"
-		    "\"total\":%d,\"spliced\":%llu},\"requests\":{\"total\":%llu",
+		    "\"max\":%ld,\"total\":%llu,\"parked\":%d},\"buffers\":"
+		    "{\"free\":%d,\"total\":%ld,\"size\":%u},\"pipes\":"
+		    "{\"free\":%d,\"total\":%d,\"spliced\":%llu},"
+		    "\"requests\":{\"total\":%llu",
 		    (long long)up, nactive, cfg.max_connections,
-		    (unsigned long long)stats.accepted, pool_free,
+		    (unsigned long long)stats.accepted, nparked, pool_free,
 		    cfg.buffers, bufsz, npipe_free, npipes,
 		    (unsigned long long)stats.spliced,
 		    (unsigned long long)stats.requests);
 	else
 		out_add(o, "uptime %llds\nconnections current %d max %ld "
-		    "total %llu\nbuffers free %d of %ld (%u bytes each)\n"
-		    "pipes free %d of %d spliced %llu\nrequests total %llu",
-		    (long long)up, nactive, cfg.max_connections,
-		    (unsigned long long)stats.accepted, pool_free, cfg.buffers,
+		    "total %llu parked %d\nbuffers free %d of %ld (%u bytes "
+		    "each)\npipes free %d of %d spliced %llu\nrequests total "
+		    "%llu", (long long)up, nactive, cfg.max_connections,
+		    (unsigned long long)stats.accepted, nparked, pool_free,
+		    cfg.buffers,
 		    bufsz, npipe_free, npipes,
 		    (unsigned long long)stats.spliced,
 		    (unsigned long long)stats.requests);
@@ -3177,6 +3198,10 @@ conn_update(struct conn *c)
 	if (c->cstate == C_FREE)
 		return;
 	timer_note(conn_deadline(c));
+	if (c->parked)
+		return;		/* epoll watches it for input, all it wants */
+	if (c->cstate == C_IDLE && park_fd != -1)
+		timer_note(c->tprog + PARK_MS);	/* a walk parks it then */
 	if (c->cstate == C_TUNNEL && (c->flags & F_UEOF) && c->rfwd == 0 &&
 	    (c->ufd == -1 || ((c->flags & F_CEOF) && c->qfwd == 0))) {
 		conn_close(c);
@@ -3303,6 +3328,94 @@ conn_expire(struct conn *c)
 		conn_update(c);
 }
 
+/* ------------------------------------------------------------ parking */
+
+#ifdef __linux__
+/* Nothing in flight, nothing buffered, nothing an engine holds. */
+static int
+can_park(const struct conn *c)
+{
+	if (park_fd == -1 || c->parked || c->cstate != C_IDLE ||
+	    c->cslot == -1 || c->rq.d != NULL || c->rs.d != NULL ||
+	    c->litlen > 0 || c->ufd != -1 || now - c->tprog < PARK_MS ||
+	    (c->flags & (F_WAITBUF | F_DEFER | F_CKICK | F_UKICK | F_CHUP)))
+		return 0;
+	return c->ctls == NULL || (tls_ready(c->ctls) &&
+	    !tls_pending(c->ctls) && !(tls_events(c->ctls) & POLLOUT));
+}
+
+static void
+park(struct conn *c)
+{
+	struct epoll_event ev;
+
+	memset(&ev, 0, sizeof(ev));
+	ev.events = EPOLLIN | EPOLLRDHUP;
+	ev.data.u64 = (uint64_t)c->gen << 32 | (uint32_t)(c - conns);
+	if (epoll_ctl(park_fd, EPOLL_CTL_ADD, c->cfd, &ev) == -1)
+		return;		/* it stays in the table: no harm */
+	loop_unwatch(c->cslot);
+	c->cslot = -1;
+	c->parked = 1;
+	nparked++;
+}
+
+/* Back into the pollfd table. */
+static void
+unpark(struct conn *c)
+{
+	(void)epoll_ctl(park_fd, EPOLL_CTL_DEL, c->cfd, NULL);
+	c->cslot = loop_watch(c->cfd, O_CLIENT, (int)(c - conns));
+	c->parked = 0;
+	nparked--;
+}
+
+/* The epoll set is readable: the parked clients that spoke. */
+static void
+park_events(void)
+{
+	struct epoll_event evs[64];
+	struct conn *c;
+	uint32_t idx;
+	short rev;
+	int i, n;
+
+	n = epoll_wait(park_fd, evs, 64, 0);
+	for (i = 0; i < n; i++) {
+		idx = (uint32_t)evs[i].data.u64;
+		c = &conns[idx];
+		if (!c->parked || c->gen != (uint32_t)(evs[i].data.u64 >> 32))
+			continue;
+		unpark(c);
+		rev = POLLIN;
+		if (evs[i].events & (EPOLLHUP | EPOLLRDHUP))
+			rev |= POLLHUP;
+		if (evs[i].events & EPOLLERR)
+			rev |= POLLERR;
+		client_event(c, rev);
+		if (c->cstate != C_FREE)
+			conn_update(c);
+	}
+}
+
+static void
+park_init(void)
+{
+	if ((park_fd = epoll_create1(EPOLL_CLOEXEC)) == -1) {
+		logmsg(LOG_WARNING, "epoll: %s (idle clients stay in the "
+		    "poll table)", strerror(errno));
+		return;
+	}
+	pfd[loop_watch(park_fd, O_PARK, 0)].events = POLLIN;
+}
+#else
+static int can_park(const struct conn *c) { (void)c; return 0; }
+static void park(struct conn *c) { (void)c; }
+static void unpark(struct conn *c) { (void)c; }
+static void park_events(void) { }
+static void park_init(void) { }
+#endif
+
 /* Walk the table: fire expired deadlines and find the nearest one. */
 static void
 timers_walk(void)
@@ -3325,6 +3438,11 @@ timers_walk(void)
 			d = conn_deadline(c);
 		}
 		timer_note(d);
+		if (can_park(c))
+			park(c);
+		else if (c->cstate == C_IDLE && !c->parked && park_fd != -1 &&
+		    c->tprog + PARK_MS > now)
+			timer_note(c->tprog + PARK_MS);
 	}
 	for (i = 0; i < nidles; i++) {
 		struct idle *e = &idles[i];
@@ -3704,7 +3822,7 @@ servers_build(void)
 	for (i = 0; i < cfg.nbackends; i++)
 		for (j = 0; j < cfg.backends[i].nsrv; j++)
 			servers[nservers++] = &cfg.backends[i].srv[j];
-	need = nlisten + 2 * cfg.max_connections + nidles + nsrv;
+	need = nlisten + 2 * cfg.max_connections + nidles + nsrv + 1;
 	if (need > nslots_cap) {
 		np = realloc(pfd, need * sizeof(*pfd));
 		if (np != NULL)
@@ -3829,6 +3947,9 @@ dispatch(const struct ready *r)
 	case O_CHECK:
 		if (servers[idx]->hc.fd != -1)
 			bal_check_event(servers[idx], r->rev, now);
+		return;
+	case O_PARK:
+		park_events();
 		return;
 	case O_IDLE:
 		/* The backend closed an idle connection (or sent junk). */
@@ -4068,7 +4189,7 @@ reserve(void)
 	nidles = nsrv * IDLE_PER_SERVER;
 	if (nidles > nconn)
 		nidles = (int)nconn;
-	nslots = nlisten + 2 * nconn + nidles + nsrv;
+	nslots = nlisten + 2 * nconn + nidles + nsrv + 1;	/* + park_fd */
 	nslots_cap = nslots;
 	conns = calloc(nconn, sizeof(*conns));
 	free_conns = calloc(nconn, sizeof(*free_conns));
@@ -4104,6 +4225,7 @@ reserve(void)
 	for (i = 0; i < nlisten; i++)
 		pfd[loop_watch(listen_fd[i], O_LISTEN, (int)i)].events = POLLIN;
 	tls_listeners();
+	park_init();
 	/* Twice the connections: room for the addresses behind them and
 	 * for recent ones that the rate limit must remember. */
 	if (acl_init(2 * nconn) == -1)

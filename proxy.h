@@ -557,7 +557,7 @@ size_t tls_engine_size(void);
 /* -------------------------------------------------------------- proxy.c */
 
 /* Owner kinds of pollfd slots. */
-enum { O_LISTEN, O_CLIENT, O_UP, O_IDLE, O_CHECK };
+enum { O_LISTEN, O_CLIENT, O_UP, O_IDLE, O_CHECK, O_PARK };
 /* Register fd with the loop; returns its slot. idx identifies the owner
  * (for O_CHECK: the server's index in loop_servers). */
 int loop_watch(int fd, int kind, int idx);

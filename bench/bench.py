@@ -504,9 +504,12 @@ def main():
     if os.path.exists(OUT):
         with open(OUT) as f:
             old = f.read()
-        i = old.find(CALLGRIND_MARK)
-        if i >= 0:
-            keep = "\n" + old[i:]
+        # The footprint and callgrind sections are written by their own
+        # scripts: keep them.
+        marks = [j for j in (old.find(FOOTPRINT_MARK),
+                             old.find(CALLGRIND_MARK)) if j >= 0]
+        if marks:
+            keep = "\n" + old[min(marks):]
     with open(OUT, "w") as f:
         f.write(md + keep)
     C.log("")
@@ -515,6 +518,7 @@ def main():
 
 
 CALLGRIND_MARK = "<!-- bench-callgrind -->"
+FOOTPRINT_MARK = "<!-- bench-footprint -->"
 
 
 def brief(key, r):

@@ -256,7 +256,8 @@ def parse_text_status(text):
     """The plain-text page as the same structure as the JSON one."""
     pats = {
         "uptime": r"uptime (\d+)s",
-        "connections": r"connections current (\d+) max (\d+) total (\d+)",
+        "connections": r"connections current (\d+) max (\d+) total (\d+) "
+                       r"parked (\d+)",
         "buffers": r"buffers free (\d+) of (\d+) \((\d+) bytes each\)",
         "pipes": r"pipes free (\d+) of (\d+) spliced (\d+)",
         "requests": r"requests total (\d+) 1xx (\d+) 2xx (\d+) 3xx (\d+) "
@@ -277,7 +278,7 @@ def parse_text_status(text):
         if key == "uptime":
             d[key] = v[0]
         elif key == "connections":
-            d[key] = dict(zip(("current", "max", "total"), v))
+            d[key] = dict(zip(("current", "max", "total", "parked"), v))
         elif key == "buffers":
             d[key] = dict(zip(("free", "total", "size"), v))
         elif key == "pipes":

@@ -739,6 +739,57 @@ add("pool_buffers2_concurrent_slow", lambda: _pool(2, range(2, 7)))
 add("pool_buffers4_concurrent_slow", lambda: _pool(4, range(2, 9)))
 
 
+def _parked(w):
+    return status_json(w.port)["connections"]["parked"]
+
+
+@test
+def idle_clients_parked():
+    """Keep-alive clients idle for a second leave the poll table for an
+    epoll set (Linux). Each one's next request brings it back and is
+    answered right; a parked client's close is noticed at once; and
+    idle_timeout still ends the parked ones."""
+    with World(proxy={"idle_timeout": "4s",
+                      "max_connections": "512"}) as w:
+        conns = []
+        for i in range(200):
+            c = Conn(w.port, 10)
+            w.conns.append(c)
+            c.send(req("GET", "/fixed?text=first%d" % i))
+            r, _ = c.read_final()
+            check(r.status == 200 and r.body == b"first%d" % i,
+                  "request %d: %r" % (i, r))
+            conns.append(c)
+        n = wait_for(lambda: _parked(w) >= 200, 4)
+        check(n, "parked %d of 200 idle clients after 4s: %s" % (
+            _parked(w), status_json(w.port)))
+        t0 = time.monotonic()
+        for i, c in enumerate(conns[:100]):
+            c.send(req("GET", "/fixed?text=again%d" % i))
+            r, _ = c.read_final()
+            check(r.status == 200 and r.body == b"again%d" % i,
+                  "parked client %d, second request: %r" % (i, r))
+        dt = time.monotonic() - t0
+        for c in conns[100:150]:
+            c.close()
+        check(wait_for(lambda: open_conns(w) == 150, 2),
+              "open connections %d after 50 parked clients closed (want "
+              "150)" % open_conns(w))
+        st = status_json(w.port)["connections"]
+        check(st["parked"] <= 150, "parked %d of 150 open" % st["parked"])
+        # conns[150:] have been idle since before the 4 s idle_timeout
+        # began to count for the others: they go first.
+        closed = [c.wait_closed(6) for c in conns[150:]]
+        check(all(closed), "%d of 50 parked clients not closed by "
+              "idle_timeout" % closed.count(False))
+        check(conns[0].wait_closed(6), "a re-parked client outlived "
+              "idle_timeout")
+        check(wait_for(lambda: open_conns(w) == 0, 3),
+              "open connections %d at the end" % open_conns(w))
+        info("idle_clients_parked: 200 parked; 100 woken for a request "
+             "each in %.2fs" % dt)
+
+
 @test
 def pool_default_150_concurrent_slow():
     with World(proxy={"buffers": None, "max_connections": "512",

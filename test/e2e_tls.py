@@ -596,6 +596,31 @@ def tls_hsts_own_answers():
               "the proxy's own answers over TLS: %s" % ", ".join(missing))
 
 
+@test
+def tls_parked_clients():
+    """Idle TLS keep-alive clients are parked (out of the poll table)
+    like plain ones once their engine holds nothing; the next request
+    on each brings it back, answered in full."""
+    with TEnv() as e:
+        conns = [e.tls_sock() for _ in range(5)]
+        for i, c in enumerate(conns):
+            r = c.get("/fixed?text=one%d" % i)
+            check(r.status == 200 and r.body == b"one%d" % i,
+                  "first request on TLS connection %d: %r" % (i, r))
+        end = time.monotonic() + 4
+        while e.status()["connections"]["parked"] < 5 and \
+                time.monotonic() < end:
+            time.sleep(0.1)
+        st = e.status()["connections"]
+        check(st["parked"] >= 5, "parked %s after 4s idle" % st)
+        for i, c in enumerate(conns):
+            r = c.get("/fixed?text=two%d" % i)
+            check(r.status == 200 and r.body == b"two%d" % i,
+                  "parked TLS connection %d, second request: %r" % (i, r))
+        info("tls_parked_clients: %d parked, all answered after" %
+             st["parked"])
+
+
 def tconn(e, timeout=10.0):
     """A raw TCP connection to the TLS listener."""
     c = Conn(e.tls_port, timeout)
