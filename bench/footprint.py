@@ -101,11 +101,13 @@ def status_kb(pid):
 
 
 def origin():
-    """A tiny origin: 200 with a 2-byte body to any request."""
+    """A tiny origin: one connection per request (it says close), 200
+    with a 2-byte body."""
     ls = socket.socket()
     ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     ls.bind((C.HOST, ORIGIN_PORT))
     ls.listen(16)
+    ls.settimeout(5)
     return ls
 
 
@@ -118,7 +120,8 @@ def serve_one(ls):
         if not d:
             break
         buf += d
-    c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n"
+              b"Connection: close\r\n\r\nok")
     return c
 
 
