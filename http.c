@@ -1061,7 +1061,7 @@ is_hop(const struct http_msg *m, const struct http_hdr *h, int keep_upgrade)
 static int
 req_drop(const struct http_msg *m, const struct http_hdr *h)
 {
-	if (h->id == HN_EXPECT || (h->name.n > 6 && lower(h->name.p[0]) == 'p' &&
+	if (h->id == HN_EXPECT || (h->name.n >= 6 && lower(h->name.p[0]) == 'p' &&
 	    slice_prefix(h->name, "proxy-")))
 		return 1;
 	return is_hop(m, h, m->flags & HF_UPGRADE);

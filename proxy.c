@@ -117,6 +117,7 @@ union addr {
 	struct sockaddr_in6 in6;
 };
 
+/* Fields ordered so that the compiler adds no padding: 328 bytes. */
 struct conn {
 	int cfd, ufd;		/* -1 when closed */
 	int cslot, uslot;	/* pollfd slots, -1 when none */
@@ -125,6 +126,9 @@ struct conn {
 	uint8_t cstate, ustate;
 	uint8_t qmode, rmode;	/* request / response body framing */
 	uint8_t minor;		/* client's HTTP/1.<minor> */
+	uint8_t tries;		/* servers that failed this request */
+	uint8_t parked;		/* idle, watched by epoll (park), not poll */
+	uint8_t pfull;		/* the pipe took no more: wait for the client */
 	uint32_t flags;
 	struct buf rq, rs;
 	struct tls *ctls, *utls;	/* TLS engines, NULL: plain */
@@ -132,28 +136,26 @@ struct conn {
 	uint32_t qsent;		/* of those, sent but held (F_HOLD) */
 	uint32_t rfwd;		/* bytes at rs.off that belong to the client */
 	uint32_t piped;		/* body bytes in the lent pipe, for the client */
-	uint16_t pipe;		/* 1 + index of the lent pipe, 0: none */
+	uint32_t pipe;		/* 1 + index of the lent pipe, 0: none */
+	uint32_t litlen;
 	uint64_t qleft, rleft;	/* M_LEN bytes still to come */
 	struct http_chunk qch, rch;
 	const char *lit;	/* literal output (100 Continue, error page) */
-	uint32_t litlen;
 	struct server *srv;
-	uint8_t tries;		/* servers that failed this request */
-	uint8_t parked;		/* idle, watched by epoll (park), not poll */
-	uint8_t inval;		/* unsafe request on a cache route: its
-				   answer's Location is invalidated too */
 	const struct route *rt;	/* the route of the request in flight */
 	uint32_t cgen;		/* the config generation rt and srv are from */
+	uint32_t rhead;		/* of the bytes sent, head bytes */
 	int64_t tbody;		/* when the request body began (ms) */
 	int64_t treq;		/* when the request head was complete (ms) */
 	uint64_t sent;		/* response bytes sent (access log) */
-	uint32_t rhead;		/* of those, head bytes */
 	int16_t status;		/* final status sent, 0: none yet */
+	uint8_t inval;		/* unsafe request on a cache route: its
+				   answer's Location is invalidated too */
 	int32_t cw;		/* cache writer while F_STORING */
 	struct cache_ref cref;	/* the stored response served or revalidated */
+	uint32_t host_hash;	/* of its Host (strip_prefix Location) */
 	int64_t twreq;		/* wall clock when the request went (Age) */
 	uint64_t qbytes;	/* body bytes read since (slow-body check) */
-	uint32_t host_hash;	/* of its Host (strip_prefix Location) */
 	int64_t tstart;		/* when the current state began (ms) */
 	int64_t tprog;		/* last progress on either side (ms) */
 	union addr peer;
@@ -168,6 +170,7 @@ struct idle {
 	int64_t since;
 	int prev, next;		/* its server's list, newest first; or the
 				   free list (next only); -1 ends a list */
+	uint32_t polled;	/* poll_seq when it was pooled */
 };
 
 /* pollfd owners are index * 8 + kind (O_* in proxy.h). */
@@ -184,6 +187,7 @@ static int *free_conns, nfree_conns, nactive;
 static struct idle *idles;
 static int nidles;
 static int idle_freel = -1;	/* free entries, linked through next */
+static uint32_t poll_seq;	/* ppoll() calls made */
 
 /*
  * Large plain-to-plain response bodies go socket -> pipe -> socket with
@@ -206,6 +210,7 @@ static uint32_t pipe_cap;	/* bytes one pipe holds */
  * Busy connections never pay an epoll_ctl.
  */
 #define PARK_MS		1000
+#define PIPES_MAX	4096	/* pipes_reserve: at most (64 KB each, kernel) */
 static int park_fd = -1;	/* the epoll set; -1: no parking */
 static int nparked;
 
@@ -866,6 +871,7 @@ idle_put(struct server *s, int fd, struct tls *t)
 		e->tls = t;
 		e->srv = s;
 		e->since = now;
+		e->polled = poll_seq;
 		e->slot = loop_watch(fd, O_IDLE, i);
 		/* Any event on an idle upstream (data, EOF) ends it. */
 		pfd[e->slot].events = POLLIN;
@@ -889,9 +895,10 @@ idle_put(struct server *s, int fd, struct tls *t)
  * anything to read (late bytes of an earlier response, or its close) is
  * not used: those bytes must never reach another client. This turn's
  * poll() tells whether anything had come for it (an event not yet
- * dispatched is still in revents), which an idempotent request may
- * trust: should the backend close in the microseconds since, it is
- * retried. careful: a request that cannot be retried asks the socket.
+ * dispatched is still in revents), which a request that can be replayed
+ * may trust: should the backend close in the microseconds since, it is
+ * retried. careful: a request that cannot be replayed asks the socket,
+ * and so does any request for a connection pooled since that poll().
  */
 static int
 idle_take(struct server *s, struct tls **t, int careful)
@@ -903,7 +910,8 @@ idle_take(struct server *s, struct tls **t, int careful)
 	while (s->idle_top != 0) {
 		e = &idles[s->idle_top - 1];
 		fd = e->fd;
-		if (pfd[e->slot].revents == 0 && (!careful ||
+		if (pfd[e->slot].revents == 0 &&
+		    ((!careful && e->polled != poll_seq) ||
 		    (recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) == -1 &&
 		    (errno == EAGAIN || errno == EWOULDBLOCK)))) {
 			loop_unwatch(e->slot);
@@ -1201,7 +1209,8 @@ up_connect(struct conn *c, int fresh)
 
 	c->flags &= ~F_REUSED;
 	c->utls = NULL;
-	fd = fresh ? -1 : idle_take(s, &c->utls, !(c->flags & F_IDEMP));
+	fd = fresh ? -1 : idle_take(s, &c->utls,
+	    !((c->flags & F_IDEMP) && (c->flags & F_HOLD)));
 	if (fd != -1) {
 		c->flags |= F_REUSED;
 		c->ustate = U_HEAD;
@@ -2050,8 +2059,9 @@ pipe_try(struct conn *c)
 	if (!(c->rmode == M_EOF || (c->rmode == M_LEN &&
 	    c->rleft > 2 * (uint64_t)bufsz)))
 		return;
-	c->pipe = (uint16_t)(pipe_freel[--npipe_free] + 1);
+	c->pipe = (uint32_t)(pipe_freel[--npipe_free] + 1);
 	c->piped = 0;
+	c->pfull = 0;
 	buf_put(c, &c->rs);	/* not needed while the pipe carries it */
 }
 
@@ -2065,6 +2075,7 @@ pipe_put(struct conn *c)
 	if (c->pipe == 0)
 		return;
 	c->pipe = 0;
+	c->pfull = 0;
 	if (c->piped > 0) {
 		c->piped = 0;
 		close(pipes[i][0]);
@@ -2093,7 +2104,16 @@ pipe_in(struct conn *c)
 	n = splice(c->ufd, NULL, pipes[c->pipe - 1][1], NULL, want,
 	    SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
 	if (n < 0) {
-		if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+		/* With bytes in it, the pipe may be what is full: the kernel
+		 * counts pages or packets, not bytes. Read again once the
+		 * client has taken some (pipe_out); else the socket would
+		 * wake poll() on every turn. */
+		if (errno == EAGAIN || errno == EWOULDBLOCK) {
+			if (c->piped > 0)
+				c->pfull = 1;
+			return 0;
+		}
+		if (errno == EINTR)
 			return 0;
 		logmsg(LOG_WARNING, "%s: %s", c->srv->name, strerror(errno));
 		n = 0;		/* a reset is handled as an early close */
@@ -2136,6 +2156,7 @@ pipe_out(struct conn *c)
 		c->piped -= (uint32_t)n;
 		c->sent += (uint64_t)n;
 		c->tprog = now;
+		c->pfull = 0;
 	}
 	return 1;
 }
@@ -2152,8 +2173,19 @@ static void
 pipes_reserve(void)
 {
 #ifdef HAVE_SPLICE
-	int want = (int)(cfg.buffers / 8), i;
+	struct rlimit rl;
+	long want = cfg.buffers / 8, spare;
+	int i;
 
+	/* Never at the cost of descriptors the connections need. */
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY) {
+		spare = (long)rl.rlim_cur - (2 * cfg.max_connections + nidles +
+		    64);
+		if (want > spare / 2)
+			want = spare > 0 ? spare / 2 : 0;
+	}
+	if (want > PIPES_MAX)
+		want = PIPES_MAX;
 	pipe_cap = bufsz * 4;
 	if (want == 0 || (pipes = calloc(want, sizeof(*pipes))) == NULL ||
 	    (pipe_freel = calloc(want, sizeof(*pipe_freel))) == NULL)
@@ -2164,6 +2196,11 @@ pipes_reserve(void)
 		pipe_freel[npipe_free++] = i;
 	}
 	npipes = i;
+	/* What the kernel granted; a pipe it left at its default size
+	 * then just needs more splice() calls. */
+	if (npipes > 0 && (spare = fcntl(pipes[0][0], F_GETPIPE_SZ)) > 0 &&
+	    (uint32_t)spare < pipe_cap)
+		pipe_cap = (uint32_t)spare;
 #endif
 }
 
@@ -3200,7 +3237,7 @@ conn_update(struct conn *c)
 	timer_note(conn_deadline(c));
 	if (c->parked)
 		return;		/* epoll watches it for input, all it wants */
-	if (c->cstate == C_IDLE && park_fd != -1)
+	if (c->cstate == C_IDLE && park_fd != -1 && c->tprog + PARK_MS > now)
 		timer_note(c->tprog + PARK_MS);	/* a walk parks it then */
 	if (c->cstate == C_TUNNEL && (c->flags & F_UEOF) && c->rfwd == 0 &&
 	    (c->ufd == -1 || ((c->flags & F_CEOF) && c->qfwd == 0))) {
@@ -3230,7 +3267,8 @@ conn_update(struct conn *c)
 		if (c->qfwd > c->qsent && !(c->flags & (F_USHUT | F_UERR)))
 			ev |= POLLOUT;
 		if (c->pipe != 0) {
-			if (c->piped < pipe_cap && c->ustate == U_BODY)
+			if (!c->pfull && c->piped < pipe_cap &&
+			    c->ustate == U_BODY)
 				ev |= POLLIN;
 		} else if (!(c->flags & F_UEOF) &&
 		    can_read(c, &c->rs, c->ustate == U_HEAD)) {
@@ -3889,6 +3927,7 @@ reload(void)
 			retired[slot].refs++;
 	cfg = nc;
 	cfg_gen++;
+	timer_next = now;	/* timeouts may have changed: walk at once */
 	if (retired[slot].refs == 0)
 		conf_free(&retired[slot].c);
 	if (servers_build() == -1)
@@ -4016,6 +4055,7 @@ loop(void)
 		ts.tv_sec = timeout / 1000;
 		ts.tv_nsec = (long)(timeout % 1000) * 1000000;
 		n = ppoll(pfd, (nfds_t)npfd, &ts, &poll_mask);
+		poll_seq++;
 		if (n < 0) {
 			if (errno != EINTR)
 				logmsg(LOG_ERR, "poll: %s", strerror(errno));
@@ -4210,10 +4250,13 @@ reserve(void)
 	    !deferq || !pool || !pool_mem || !scratch || !pathbuf ||
 	    servers_build() == -1)
 		return -1;
-	/* Slots are left as calloc gave them (C_FREE): do_accept sets up
-	 * each one when it is first used, so untouched slots cost no RSS. */
-	for (i = 0; i < nconn; i++)
+	/* Every slot is written now: the table's memory is the process's
+	 * from the start, and an idle client costs no more of it. */
+	for (i = 0; i < nconn; i++) {
+		conns[i].cfd = conns[i].ufd = -1;
+		conns[i].cslot = conns[i].uslot = -1;
 		free_conns[nfree_conns++] = (int)(nconn - 1 - i);
+	}
 	for (i = nidles - 1; i >= 0; i--) {
 		idles[i].fd = -1;
 		idles[i].prev = -1;

@@ -22,6 +22,7 @@ connections, exit 0 on SIGTERM and print no sanitizer report.
 """
 
 import ctypes
+import hashlib
 import json
 import os
 import re
@@ -41,6 +42,7 @@ sys.path.insert(0, HERE)
 import e2e as E  # noqa: E402
 from e2e import (Conn, Proxy, TmpDir, check, conf_text,  # noqa: E402
                  expect_status, free_port, info, req, short)
+import origin as om  # noqa: E402
 from origin import Origin  # noqa: E402
 
 PROXY_BIN = E.PROXY_BIN
@@ -470,7 +472,7 @@ class World:
             self.port = free_port()
             self.down_port = free_port()
             first = (self.origin_names[0] if self.origin_names else
-                     self.hostiles[0])
+                     self.hostiles[0] if self.hostiles else None)
             lines = [conf_text(self.port, self.proxy_over).rstrip("\n")]
             for b in self.backends or [("web", [first])]:
                 lines += ["", "[backend %s]" % b[0]]
@@ -737,6 +739,45 @@ def _pool(buffers, ns):
 
 add("pool_buffers2_concurrent_slow", lambda: _pool(2, range(2, 7)))
 add("pool_buffers4_concurrent_slow", lambda: _pool(4, range(2, 9)))
+
+
+@test
+def spliced_slow_reader_no_spin():
+    """A client that stops reading a spliced body: once the pipe is full
+    the proxy stops reading the backend and sleeps; the body then arrives
+    whole. The backend sends small segments (MSS 536), as over a real
+    network, where each fills a pipe slot of its own and a pipe is full
+    long before its size in bytes (pipe_in's pfull); loopback coalesces
+    them, so here the pipe also fills by bytes."""
+    size = 32 * MB
+    o = Origin(name="m", mss=536).start()
+    try:
+        with World(origins=(), backends=[("web", [o.port], [])]) as w:
+            s = socket.create_connection(("127.0.0.1", w.port))
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+            s.settimeout(20)
+            s.sendall(req("GET", "/large?size=%d" % size))
+            got = s.recv(65536)
+            time.sleep(1.5)     # the client reads nothing: all fills up
+            bound = CPU_MAX_SAN if w.proxy.binary == PROXY_BIN else \
+                CPU_MAX_PLAIN
+            check_cpu(w, bound, "stalled reader of a spliced body")
+            st = status_json(w.port)["pipes"]
+            check(st["free"] < st["total"], "no pipe in use: %s" % st)
+            head, _, body = got.partition(b"\r\n\r\n")
+            n, h = len(body), hashlib.sha256(body)
+            while n < size:
+                d = s.recv(1 << 20)
+                if not d:
+                    break
+                n += len(d)
+                h.update(d)
+            s.close()
+            check(n == size and h.hexdigest() == om.large_sha256(size),
+                  "body: %d of %d bytes%s" % (
+                      n, size, ", content differs" if n == size else ""))
+    finally:
+        o.stop()
 
 
 def _parked(w):

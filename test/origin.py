@@ -260,7 +260,7 @@ def _tokens(v):
 class Origin:
     """A threaded test origin on 127.0.0.1; see the module docstring."""
 
-    def __init__(self, host="127.0.0.1", port=0, name="origin"):
+    def __init__(self, host="127.0.0.1", port=0, name="origin", mss=None):
         self.host = host
         self.name = name
         self.lock = threading.Lock()
@@ -271,6 +271,9 @@ class Origin:
         self._stop = False
         self._ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if mss is not None:
+            # Small segments: what a backend behind a real network sends.
+            self._ls.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, mss)
         self._ls.bind((host, port))
         self._ls.listen(256)
         self._ls.settimeout(0.2)
