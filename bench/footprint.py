@@ -84,19 +84,13 @@ def build(src, args, strip):
 
 
 def status_kb(pid):
-    d = {}
+    """VmRSS and its anonymous and file-backed parts, and Pss."""
+    d = {"Pss": C.pss_kb(pid)}
     with open("/proc/%d/status" % pid) as f:
         for line in f:
             k, _, v = line.partition(":")
             if k in ("VmRSS", "RssAnon", "RssFile"):
                 d[k] = int(v.split()[0])
-    try:
-        with open("/proc/%d/smaps_rollup" % pid) as f:
-            for line in f:
-                if line.startswith("Pss:"):
-                    d["Pss"] = int(line.split()[1])
-    except OSError:
-        pass
     return d
 
 
