@@ -282,7 +282,8 @@ static struct {
 
 /* What reserve() set aside, for the log and the status page. */
 static struct {
-	size_t conns, buffers, other;
+	size_t conns, buffers, tls, cache, addresses;
+	size_t other;		/* poll, idle-upstream and server tables */
 } mem;
 static volatile sig_atomic_t sig_term, sig_hup, sig_usr1;
 /*
@@ -2201,6 +2202,8 @@ pipes_reserve(void)
 	if (npipes > 0 && (spare = fcntl(pipes[0][0], F_GETPIPE_SZ)) > 0 &&
 	    (uint32_t)spare < pipe_cap)
 		pipe_cap = (uint32_t)spare;
+	logmsg(LOG_INFO, "%d pipes for splice(), up to %u B each in the "
+	    "kernel while a body passes", npipes, pipe_cap);
 #endif
 }
 
@@ -2696,9 +2699,10 @@ status_body(struct out *o, int json)
 		out_add(o, json ? ",\"%s\":%llu" : " %s %llu", cls[k],
 		    (unsigned long long)stats.classes[k]);
 	out_add(o, json ? "},\"reserved\":{\"connections\":%zu,\"buffers\":%zu,"
-	    "\"other\":%zu}," : "\nreserved bytes connections %zu "
-	    "buffers %zu other %zu\n",
-	    mem.conns, mem.buffers, mem.other);
+	    "\"tls\":%zu,\"cache\":%zu,\"addresses\":%zu,\"other\":%zu}," :
+	    "\nreserved bytes connections %zu buffers %zu tls %zu cache %zu "
+	    "addresses %zu other %zu\n", mem.conns, mem.buffers, mem.tls,
+	    mem.cache, mem.addresses, mem.other);
 	if (cache_on) {
 		struct cache_stats cs;
 
@@ -4279,16 +4283,22 @@ reserve(void)
 		cache_on = 1;
 	}
 	mem.conns = (size_t)nconn * (sizeof(*conns) + sizeof(*free_conns));
-	mem.buffers = (size_t)cfg.buffers * (bufsz + sizeof(*pool));
+	mem.buffers = (size_t)cfg.buffers * (bufsz + sizeof(*pool)) + 2 * bufsz;
+	mem.tls = (size_t)(tls_servers_needed() + tls_clients_needed()) *
+	    tls_engine_size();
+	mem.cache = (size_t)cfg.cache_size;
+	mem.addresses = acl_table_size();
 	mem.other = (size_t)nidles * sizeof(*idles) + (size_t)nslots *
-	    (sizeof(*pfd) + sizeof(*owner) + sizeof(*ready)) + 2 * bufsz +
-	    (size_t)nsrv * sizeof(*servers) + acl_table_size() +
-	    (size_t)(tls_servers_needed() + tls_clients_needed()) *
-	    tls_engine_size() + cfg.cache_size;
-	logmsg(LOG_INFO, "reserved %zu KB: %ld connections of %zu B, "
-	    "%ld buffers of %u B, %d idle upstream slots, %ld poll slots",
-	    (mem.conns + mem.buffers + mem.other) / 1024, nconn,
-	    sizeof(struct conn), cfg.buffers, bufsz, nidles, nslots);
+	    (sizeof(*pfd) + sizeof(*owner) + sizeof(*ready)) +
+	    (size_t)nsrv * sizeof(*servers);
+	logmsg(LOG_INFO, "reserved %zu KB: %ld connections of %zu B (%zu KB), "
+	    "%ld buffers of %u B (%zu KB), TLS engines %zu KB, cache %zu KB, "
+	    "address table %zu KB, idle upstream and poll tables (%d + %ld "
+	    "slots) %zu KB", (mem.conns + mem.buffers + mem.tls + mem.cache +
+	    mem.addresses + mem.other) / 1024, nconn, sizeof(struct conn),
+	    mem.conns / 1024, cfg.buffers, bufsz, mem.buffers / 1024,
+	    mem.tls / 1024, mem.cache / 1024, mem.addresses / 1024, nidles,
+	    nslots, mem.other / 1024);
 	return 0;
 }
 

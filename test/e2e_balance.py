@@ -263,7 +263,7 @@ def parse_text_status(text):
         "requests": r"requests total (\d+) 1xx (\d+) 2xx (\d+) 3xx (\d+) "
                     r"4xx (\d+) 5xx (\d+)",
         "reserved": r"reserved bytes connections (\d+) buffers (\d+) "
-                    r"other (\d+)",
+                    r"tls (\d+) cache (\d+) addresses (\d+) other (\d+)",
     }
     lines = text.rstrip("\n").split("\n")
     d = {}
@@ -287,7 +287,8 @@ def parse_text_status(text):
             d[key] = dict(zip(("total", "1xx", "2xx", "3xx", "4xx", "5xx"),
                               v))
         else:
-            d[key] = dict(zip(("connections", "buffers", "other"), v))
+            d[key] = dict(zip(("connections", "buffers", "tls", "cache",
+                               "addresses", "other"), v))
         i += 1
     d["backends"] = []
     srv_pat = (r" server (\S+) state (\S+) weight (\d+) active (\d+) "
@@ -909,9 +910,11 @@ def status_page_text_json():
                   "not spliced)" % (what, pp))
             rs = d["reserved"]
             check(all(isinstance(rs[k], int) and rs[k] > 0
-                      for k in ("connections", "buffers", "other")) and
-                  rs["buffers"] >= 32 * 16384,
-                  "%s: reserved %s" % (what, rs))
+                      for k in ("connections", "buffers", "addresses",
+                                "other")) and
+                  rs["buffers"] >= 32 * 16384 and rs["tls"] == 0 and
+                  rs["cache"] == 0, "%s: reserved %s (no TLS, no cache "
+                  "here)" % (what, rs))
             check(isinstance(d["uptime"], int) and 0 <= d["uptime"] < 30,
                   "%s: uptime %r" % (what, d["uptime"]))
             bs = d["backends"]

@@ -502,6 +502,9 @@ class CEnv:
                                  short(r.body, 300))
         check("cache" in j, "status page has no cache: %s" %
               short(r.body, 300))
+        check(j["reserved"]["cache"] == j["cache"]["bytes_total"],
+              "reserved cache %s, arena %s" % (j["reserved"]["cache"],
+                                               j["cache"]["bytes_total"]))
         return j["cache"]
 
 

@@ -611,8 +611,11 @@ def tls_parked_clients():
         while e.status()["connections"]["parked"] < 5 and \
                 time.monotonic() < end:
             time.sleep(0.1)
-        st = e.status()["connections"]
+        full = e.status()
+        st = full["connections"]
         check(st["parked"] >= 5, "parked %s after 4s idle" % st)
+        check(full["reserved"]["tls"] > 0, "no TLS engines among the "
+              "reserved memory: %s" % full["reserved"])
         for i, c in enumerate(conns):
             r = c.get("/fixed?text=two%d" % i)
             check(r.status == 200 and r.body == b"two%d" % i,
