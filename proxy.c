@@ -960,6 +960,7 @@ u_send(struct conn *c, const void *p, size_t n)
 /* ------------------------------------------------------ session setup */
 
 static void conn_update(struct conn *c);
+static void park_due(const struct conn *c);
 static void unpark(struct conn *c);
 static void client_event(struct conn *c, short rev);
 static void pipe_put(struct conn *c);
@@ -3241,8 +3242,7 @@ conn_update(struct conn *c)
 	timer_note(conn_deadline(c));
 	if (c->parked)
 		return;		/* epoll watches it for input, all it wants */
-	if (c->cstate == C_IDLE && park_fd != -1 && c->tprog + PARK_MS > now)
-		timer_note(c->tprog + PARK_MS);	/* a walk parks it then */
+	park_due(c);
 	if (c->cstate == C_TUNNEL && (c->flags & F_UEOF) && c->rfwd == 0 &&
 	    (c->ufd == -1 || ((c->flags & F_CEOF) && c->qfwd == 0))) {
 		conn_close(c);
@@ -3402,6 +3402,15 @@ park(struct conn *c)
 	nparked++;
 }
 
+/* An idle client not yet parked: have the timers walk when it may be. */
+static void
+park_due(const struct conn *c)
+{
+	if (c->cstate == C_IDLE && !c->parked && park_fd != -1 &&
+	    c->tprog + PARK_MS > now)
+		timer_note(c->tprog + PARK_MS);
+}
+
 /* Back into the pollfd table. */
 static void
 unpark(struct conn *c)
@@ -3453,6 +3462,7 @@ park_init(void)
 #else
 static int can_park(const struct conn *c) { (void)c; return 0; }
 static void park(struct conn *c) { (void)c; }
+static void park_due(const struct conn *c) { (void)c; }
 static void unpark(struct conn *c) { (void)c; }
 static void park_events(void) { }
 static void park_init(void) { }
@@ -3482,9 +3492,8 @@ timers_walk(void)
 		timer_note(d);
 		if (can_park(c))
 			park(c);
-		else if (c->cstate == C_IDLE && !c->parked && park_fd != -1 &&
-		    c->tprog + PARK_MS > now)
-			timer_note(c->tprog + PARK_MS);
+		else
+			park_due(c);
 	}
 	for (i = 0; i < nidles; i++) {
 		struct idle *e = &idles[i];

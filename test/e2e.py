@@ -363,6 +363,21 @@ class Conn:
         return bytes(self.buf)
 
 
+def status_json(port, timeout=5.0):
+    """The proxy's status page as JSON, on a connection of its own."""
+    c = Conn(port, timeout)
+    try:
+        c.send(req("GET", "/.proxy/status?json"))
+        r, _ = c.read_final()
+    finally:
+        c.close()
+    expect_status(r, 200, "status page")
+    try:
+        return json.loads(r.body.decode())
+    except ValueError:
+        raise AssertionError("status page is not JSON: %s" % short(r.body))
+
+
 def status_of(data):
     m = re.match(rb"HTTP/1\.\d (\d\d\d)", data)
     return int(m.group(1)) if m else None
@@ -836,9 +851,7 @@ SPLICED = 8 * MB
 
 
 def _pipes(e):
-    r = e.exchange(req("GET", "/.proxy/status?json"))
-    expect_status(r, 200, "status page")
-    return json.loads(r.body.decode())["pipes"]
+    return status_json(e.port)["pipes"]
 
 
 def _large_ok(r, size, what):

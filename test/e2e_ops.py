@@ -33,7 +33,6 @@ import calendar
 import ctypes
 import ctypes.util
 import hashlib
-import json
 import os
 import random
 import re
@@ -54,7 +53,7 @@ sys.path.insert(0, HERE)
 import e2e  # noqa: E402
 from e2e import (Env, Proxy, Conn, TmpDir, conf_text, curl, check,  # noqa
                  expect_status, info, free_port, req, short, port_open,
-                 proc_state, san_lines, proxy_env)
+                 proc_state, san_lines, proxy_env, status_json)
 import origin as om  # noqa: E402
 from origin import Origin  # noqa: E402
 
@@ -231,15 +230,6 @@ def from_origin(r, name, what=""):
     check(r.status == 200 and r.h("X-Origin") == name,
           "%sexpected 200 from origin %s, got %r" % (
               what and what + ": ", name, r))
-
-
-def status_json(port):
-    r = exchange_at(port, req("GET", "/.proxy/status?json"))
-    expect_status(r, 200, "status page")
-    try:
-        return json.loads(r.body.decode())
-    except ValueError:
-        raise AssertionError("status page is not JSON: %s" % short(r.body))
 
 
 # ---------------------------------------------------------- daemon helpers

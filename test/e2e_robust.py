@@ -23,7 +23,6 @@ connections, exit 0 on SIGTERM and print no sanitizer report.
 
 import ctypes
 import hashlib
-import json
 import os
 import re
 import resource
@@ -41,7 +40,8 @@ sys.path.insert(0, HERE)
 
 import e2e as E  # noqa: E402
 from e2e import (Conn, Proxy, TmpDir, check, conf_text,  # noqa: E402
-                 expect_status, free_port, info, req, short)
+                 expect_status, free_port, info, req, short,
+                 status_json)
 import origin as om  # noqa: E402
 from origin import Origin  # noqa: E402
 
@@ -123,17 +123,6 @@ def sender(sock, data):
     t = threading.Thread(target=run, daemon=True)
     t.start()
     return t
-
-
-def status_json(port, timeout=5.0):
-    c = Conn(port, timeout)
-    try:
-        c.send(req("GET", "/.proxy/status?json"))
-        r, _ = c.read_final()
-    finally:
-        c.close()
-    expect_status(r, 200, "status page")
-    return json.loads(r.body)
 
 
 def open_conns(w):
